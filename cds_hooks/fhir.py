@@ -1,0 +1,161 @@
+"""Fetching missing prefetch data from the client's FHIR server.
+
+One pooled :class:`requests.Session` per process; the keys of one request are fetched
+concurrently under one total time budget; search results are followed through their
+``next`` links up to a page cap. The bearer token is only ever sent to ``fhirServer`` and
+is never logged or kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from .prefetch import KeyResult, bundle_resources, next_link
+
+log = logging.getLogger("cds_hooks.fhir")
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    timeout: float = 3.0  # total budget for all fetches of one request, seconds
+    max_pages: int = 20  # per key, including the first
+    max_bytes: int = 20 * 1024 * 1024  # per response
+
+
+class FhirClient:
+    """Reads from a client's FHIR server on behalf of one CDS request at a time."""
+
+    def __init__(self, settings: FetchSettings, pool_size: int = 16):
+        self.settings = settings
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.max_redirects = 0
+        self.executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="fhir")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    def complete(
+        self,
+        base: str,
+        token: str | None,
+        wanted: dict[str, str],
+        partial: dict[str, KeyResult],
+    ) -> dict[str, KeyResult]:
+        """Fetch every key in ``wanted`` (key → relative URL) and finish every paged result
+        in ``partial``, all in parallel within the time budget."""
+        deadline = time.monotonic() + self.settings.timeout
+        headers = {"Accept": "application/fhir+json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        base = base.rstrip("/") + "/"
+        jobs = {
+            key: self.executor.submit(self._fetch_key, base, url, headers, deadline, None)
+            for key, url in wanted.items()
+        }
+        for key, result in partial.items():
+            jobs[key] = self.executor.submit(
+                self._fetch_key, base, result.next_url, headers, deadline, result
+            )
+        done, _ = wait(jobs.values(), timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+        out: dict[str, KeyResult] = {}
+        for key, future in jobs.items():
+            if future in done:
+                out[key] = future.result()
+            else:
+                future.cancel()
+                out[key] = _degrade(partial.get(key), "time budget exceeded")
+        return out
+
+    def _fetch_key(
+        self,
+        base: str,
+        url: str,
+        headers: dict[str, str],
+        deadline: float,
+        partial: KeyResult | None,
+    ) -> KeyResult:
+        resources: list[dict[str, Any]] = list(partial.resources) if partial else []
+        pages = 1 if partial else 0
+        target: str | None = urljoin(base, url)
+        first = partial is None
+        while target:
+            if pages >= self.settings.max_pages:
+                return KeyResult(
+                    "fetched", resources, complete=False, reason=f"stopped after {pages} pages"
+                )
+            if not _same_server(base, target):
+                return _degrade_with(resources, "next link points outside fhirServer")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _degrade_with(resources, "time budget exceeded")
+            try:
+                body, status = self._get(target, headers, remaining)
+            except requests.RequestException as exc:
+                log.info("fhir fetch failed", extra={"reason": type(exc).__name__})
+                return _degrade_with(resources, f"FHIR server unreachable ({type(exc).__name__})")
+            except ValueError as exc:
+                return _degrade_with(resources, str(exc))
+            pages += 1
+            if first and status == 404:
+                return KeyResult("empty")
+            if status != 200:
+                return _degrade_with(resources, f"FHIR server answered HTTP {status}")
+            kind = body.get("resourceType") if isinstance(body, dict) else None
+            if kind == "OperationOutcome":
+                return _degrade_with(resources, "FHIR server returned an OperationOutcome")
+            if kind == "Bundle":
+                resources.extend(bundle_resources(body))
+                target = next_link(body)
+                target = urljoin(base, target) if target else None
+            elif kind:
+                resources.append(body)
+                target = None
+            else:
+                return _degrade_with(resources, "FHIR server returned something that is not FHIR")
+            first = False
+        return KeyResult("fetched", resources)
+
+    def _get(self, url: str, headers: dict[str, str], timeout: float) -> tuple[Any, int]:
+        with self.session.get(
+            url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+        ) as response:
+            if response.status_code != 200:
+                return None, response.status_code
+            chunks, size = [], 0
+            for chunk in response.iter_content(65536):
+                size += len(chunk)
+                if size > self.settings.max_bytes:
+                    raise ValueError("FHIR response larger than the configured limit")
+                chunks.append(chunk)
+            try:
+                return orjson.loads(b"".join(chunks)), 200
+            except orjson.JSONDecodeError:
+                raise ValueError("FHIR server returned invalid JSON") from None
+
+
+def _same_server(base: str, url: str) -> bool:
+    b, u = urlsplit(base), urlsplit(url)
+    return (b.scheme, b.netloc) == (u.scheme, u.netloc) and u.path.startswith(b.path.rstrip("/"))
+
+
+def _degrade_with(resources: list[dict[str, Any]], reason: str) -> KeyResult:
+    if resources:
+        return KeyResult("fetched", resources, complete=False, reason=reason)
+    return KeyResult("unavailable", reason=reason)
+
+
+def _degrade(partial: KeyResult | None, reason: str) -> KeyResult:
+    return _degrade_with(partial.resources if partial else [], reason)

@@ -1,0 +1,158 @@
+"""The Flask blueprint: discovery, service calls and feedback, with JSON errors throughout."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import Blueprint, Flask, Request, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import CDSHooksError, bad_request
+from .fhir import FhirClient
+from .service import ServiceCatalog, handle
+from .validation import check
+
+log = logging.getLogger("cds_hooks.http")
+
+JSON_TYPES = ("application/json", "application/fhir+json")
+
+#: (service id, feedback items) → a JSON-able acknowledgement
+FeedbackSink = Callable[[str, list[dict[str, Any]]], dict[str, Any]]
+#: (request, audience URL) → None, or raise CDSHooksError(401)
+Authenticator = Callable[[Request, str], None]
+
+
+@dataclass
+class ProtocolSettings:
+    public_url: str | None = None  # externally visible base URL (behind proxies)
+    max_body_bytes: int = 5 * 1024 * 1024
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json")
+
+
+def _parse_json(raw: bytes) -> Any:
+    if not raw:
+        raise bad_request("the request body is empty; a JSON object is required", field="body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", field="body") from None
+
+
+def _require_json() -> None:
+    mimetype = request.mimetype or ""
+    if mimetype not in JSON_TYPES:
+        raise CDSHooksError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, not {mimetype or 'missing'}",
+        )
+
+
+def create_blueprint(
+    catalog: ServiceCatalog,
+    settings: ProtocolSettings,
+    fhir_client: FhirClient | None,
+    feedback_sink: FeedbackSink,
+    authenticate: Authenticator | None = None,
+) -> Blueprint:
+    bp = Blueprint("cds_hooks", __name__)
+
+    def base_url() -> str:
+        return (settings.public_url or request.host_url).rstrip("/")
+
+    def authorise(path: str) -> None:
+        if authenticate is not None:
+            authenticate(request, base_url() + path)
+
+    @bp.get("/cds-services")
+    def discovery() -> Response:
+        authorise("/cds-services")
+        return json_response(catalog.discovery())
+
+    @bp.post("/cds-services/<service_id>")
+    def call(service_id: str) -> Response:
+        g.service_id = service_id
+        authorise(f"/cds-services/{service_id}")
+        service = catalog.get(service_id)
+        _require_json()
+        body = _parse_json(request.get_data(cache=False))
+        if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
+            g.hook_instance = body["hookInstance"][:64]
+        hook_request, response = handle(service, body, fhir_client, base_url())
+        g.log_fields = hook_request.log_fields
+        return json_response(response.to_json())
+
+    @bp.post("/cds-services/<service_id>/feedback")
+    def feedback(service_id: str) -> Response:
+        g.service_id = service_id
+        authorise(f"/cds-services/{service_id}/feedback")
+        catalog.get(service_id)
+        _require_json()
+        body = _parse_json(request.get_data(cache=False))
+        check("feedback.json", body)
+        return json_response(feedback_sink(service_id, body["feedback"]))
+
+    return bp
+
+
+def install(app: Flask, blueprint: Blueprint, settings: ProtocolSettings) -> None:
+    """Register the blueprint, the body limit, JSON error handlers and the access log."""
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.register_blueprint(blueprint)
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.errorhandler(CDSHooksError)
+    def _cds_error(exc: CDSHooksError) -> Response:
+        g.error = exc.error
+        return json_response(exc.to_json(), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        messages = {
+            404: "no such endpoint",
+            405: f"method {request.method} is not allowed here",
+            413: f"request body larger than {settings.max_body_bytes} bytes",
+        }
+        name = (exc.name or "error").lower().replace(" ", "_")
+        g.error = name
+        response = json_response({"error": name, "message": messages.get(code, exc.name)}, code)
+        if code == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"error_type": type(exc).__name__})
+        g.error = "internal_error"
+        return json_response(
+            {"error": "internal_error", "message": "the service failed to evaluate this request"},
+            500,
+        )
+
+    @app.after_request
+    def _access_log(response: Response) -> Response:
+        started = g.get("started")
+        fields = {
+            "method": request.method,
+            "path": request.url_rule.rule if request.url_rule else "unmatched",
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+        }
+        for name in ("service_id", "hook_instance", "error"):
+            if g.get(name):
+                fields[name] = g.get(name)
+        fields.update(g.get("log_fields") or {})
+        log.info("request", extra={"fields": fields})
+        return response
