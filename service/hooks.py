@@ -1,0 +1,189 @@
+"""The three ketamine services (spec §1) and their prefetch (spec §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from cds_hooks.errors import bad_request
+from cds_hooks.models import Response
+from cds_hooks.service import HookRequest, ServiceDefinition
+
+from .cards import RenderContext, render
+from .orders import OrderInvalid, has_ketamine, ketamine_orders
+from .policy import Policy
+from .record import RecordBuilder, ketamine_kind
+from .rules import COURSE_SCOPES, ORDER_SCOPES, Evaluation, Finding, evaluate
+from .terminology import Terminology
+
+Clock = Callable[[], datetime]
+#: (the hook request, the evaluation summary) → None; the registry plugs in here
+Recorder = Callable[[HookRequest, dict[str, Any]], None]
+
+PATIENT = "{{context.patientId}}"
+
+
+def prefetch_templates(observation_codes: list[str]) -> dict[str, str]:
+    """Searches by patient only (spec §3); observations restricted to the LOINC codes read."""
+    return {
+        "patient": f"Patient/{PATIENT}",
+        "conditions": f"Condition?patient={PATIENT}",
+        "medicationRequests": f"MedicationRequest?patient={PATIENT}",
+        "medicationStatements": f"MedicationStatement?patient={PATIENT}",
+        "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}",
+        "observations": f"Observation?patient={PATIENT}&code=http://loinc.org|"
+        + ",".join(observation_codes),
+        "allergies": f"AllergyIntolerance?patient={PATIENT}",
+        "procedures": f"Procedure?patient={PATIENT}",
+    }
+
+
+class KetamineCDS:
+    """Builds the record, runs the rules and renders the cards for each hook."""
+
+    def __init__(
+        self,
+        terminology: Terminology,
+        policy: Policy,
+        clock: Clock | None = None,
+        recorder: Recorder | None = None,
+    ):
+        self.terminology = terminology
+        self.policy = policy
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.recorder = recorder
+        self.builder = RecordBuilder(terminology, policy.rating_scale_loinc)
+        self.prefetch = prefetch_templates(sorted(self.builder.observation_codes))
+
+    # -- services -------------------------------------------------------------------------
+
+    def services(self) -> list[ServiceDefinition]:
+        common = {"prefetch": self.prefetch, "required_keys": frozenset({"patient"})}
+        return [
+            ServiceDefinition(
+                id="ketamine-order-select",
+                hook="order-select",
+                title="Ketamine/esketamine order check",
+                description="When a ketamine or esketamine order is selected: "
+                "contraindications, cautions, interactions, and dose, route and "
+                "regimen problems.",
+                handler=self.order_hook,
+                relevant=self._selected_ketamine,
+                usage_requirements="FHIR R4. Send the prefetch keys, or fhirServer with "
+                "fhirAuthorization so the service can read them.",
+                **common,
+            ),
+            ServiceDefinition(
+                id="ketamine-order-sign",
+                hook="order-sign",
+                title="Ketamine/esketamine order safety and monitoring",
+                description="When a ketamine or esketamine order is signed: everything the "
+                "order-select check does, plus missing pre-treatment data and the "
+                "monitoring plan with orderable monitoring.",
+                handler=self.order_hook,
+                relevant=self._any_ketamine,
+                usage_requirements="FHIR R4. Send the prefetch keys, or fhirServer with "
+                "fhirAuthorization so the service can read them.",
+                **common,
+            ),
+            ServiceDefinition(
+                id="ketamine-patient-view",
+                hook="patient-view",
+                title="Ketamine/esketamine course surveillance",
+                description="When the record of a patient with a ketamine or esketamine course "
+                "is opened: course summary, overdue reassessment, regimen beyond "
+                "the evidence, bladder watch.",
+                handler=self.patient_view,
+                usage_requirements="FHIR R4 prefetch or fhirServer access.",
+                **common,
+            ),
+        ]
+
+    def _selected_ketamine(self, context: dict[str, Any]) -> bool:
+        return has_ketamine(
+            self.terminology, context.get("draftOrders"), set(context.get("selections") or ())
+        )
+
+    def _any_ketamine(self, context: dict[str, Any]) -> bool:
+        return has_ketamine(self.terminology, context.get("draftOrders"), None)
+
+    # -- handlers -------------------------------------------------------------------------
+
+    def _record(self, req: HookRequest):
+        gaps = {
+            key: result.reason or "unavailable"
+            for key, result in req.prefetch.items()
+            if not result.available or not result.complete
+        }
+        resources = {key: result.resources for key, result in req.prefetch.items()}
+        drafts = [
+            e.get("resource")
+            for e in (req.context.get("draftOrders") or {}).get("entry") or ()
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType") == "Medication"
+        ]
+        return self.builder.build(req.context["patientId"], resources, gaps, drafts)
+
+    def order_hook(self, req: HookRequest) -> Response:
+        only = set(req.context["selections"]) if req.hook == "order-select" else None
+        try:
+            orders = ketamine_orders(self.terminology, req.context["draftOrders"], only)
+        except OrderInvalid as exc:
+            raise bad_request(str(exc), field=exc.field) from None
+        if not orders:
+            return Response()
+        record = self._record(req)
+        now = self.clock()
+        findings: list[Finding] = []
+        for order in orders:
+            ev = Evaluation(record, order, self.policy, self.terminology, now, req.hook)
+            findings.extend(evaluate(ev, ORDER_SCOPES))
+        return self._respond(
+            req,
+            findings,
+            {o.ref: o.resource for o in orders},
+            {"orders": [_order_summary(o) for o in orders]},
+        )
+
+    def patient_view(self, req: HookRequest) -> Response:
+        record = self._record(req)
+        now = self.clock()
+        on_course = bool(record.administrations) or any(
+            m.active and ketamine_kind(self.terminology, m.concept) for m in record.medications
+        )
+        if not on_course:
+            return Response()
+        ev = Evaluation(record, None, self.policy, self.terminology, now, req.hook)
+        return self._respond(req, evaluate(ev, COURSE_SCOPES), {}, {"orders": []})
+
+    def _respond(
+        self,
+        req: HookRequest,
+        findings: list[Finding],
+        orders: dict[str, dict[str, Any]],
+        summary: dict[str, Any],
+    ) -> Response:
+        ctx = RenderContext(req.context["patientId"], req.base_url, self.policy.version)
+        cards = render(findings, orders, ctx)
+        req.log_fields["rules"] = sorted({f.rule_id for f in findings})
+        req.log_fields["policy"] = self.policy.version
+        if self.recorder is not None:
+            summary.update(
+                findings=[(f.rule_id, f.severity) for f in findings],
+                cards=[c.uuid for c in cards],
+                card_rules={c.uuid: c.extension["ketamine-cds.rules"] for c in cards},
+                policy=self.policy.version,
+            )
+            self.recorder(req, summary)
+        return Response(tuple(cards))
+
+
+def _order_summary(order) -> dict[str, Any]:
+    return {
+        "drug": order.drug,
+        "route": order.route,
+        "dose_mg": order.dose_mg,
+        "dose_mg_per_kg": order.dose_mg_per_kg,
+    }

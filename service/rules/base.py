@@ -1,0 +1,181 @@
+"""The rule engine's shapes: a rule is a pure function of an :class:`Evaluation`.
+
+No I/O, no Flask, no clock reads: the clock (``Evaluation.now``), the policy and the record are
+given. A rule module registers its rules with :func:`rule`; adding a rule is one function in
+one module of this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from ..orders import DraftOrder
+from ..policy import Policy
+from ..record import Fact, PatientRecord
+from ..terminology import Terminology
+
+Severity = Literal["critical", "warning", "info"]
+Scope = Literal["any", "all", "K", "KIV", "E", "course"]  # any: every hook
+
+
+@dataclass(frozen=True)
+class SuggestionSpec:
+    """What a card should offer; rendered into CDS Hooks actions by ``service.cards``."""
+
+    kind: Literal["delete-order", "update-dose", "order-observation"]
+    label: str
+    loinc: str | None = None  # order-observation: the LOINC code to order
+    display: str | None = None
+    dose_mg: float | None = None  # update-dose: the corrected dose
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule_id: str
+    severity: Severity
+    summary: str  # < 140 characters, names the problem and the drug
+    detail: str  # markdown: why it matters, what to do
+    facts: tuple[Fact, ...] = ()
+    suggestions: tuple[SuggestionSpec, ...] = ()
+    order: str | None = None  # the draft order it is about
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    record: PatientRecord
+    order: DraftOrder | None  # None for patient-view
+    policy: Policy
+    terminology: Terminology
+    now: datetime
+    hook: str
+
+    def days_ago(self, days: float) -> datetime:
+        return self.now - timedelta(days=days)
+
+    @property
+    def order_time(self) -> datetime:
+        """When the order takes effect for age checks: its authoredOn, else now."""
+        if self.order and self.order.authored:
+            return self.order.authored
+        return self.now
+
+    @property
+    def drug(self) -> str:
+        """How cards name the drug being ordered (or of the course, for patient-view)."""
+        if self.order:
+            return self.order.label()
+        kinds = {a.drug for a in self.record.administrations}
+        return "esketamine" if kinds == {"esketamine"} else "ketamine"
+
+
+RuleFn = Callable[[Evaluation], Iterable[Finding] | Finding | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    applies: Scope
+    severity: str  # as the specification states it, e.g. "E critical / K warning"
+    source: str  # source ids from evidence.md, e.g. "S4, S6; S16"
+    reads: tuple[str, ...]  # the data it reads, for the catalogue
+    concern: str  # the module (contraindications, interactions, ...)
+    fn: RuleFn
+    trigger: str = ""  # one line: what makes it fire, for the catalogue
+    thresholds: tuple[str, ...] = ()  # policy threshold names it uses
+    sign_only: bool = False  # pre-treatment data and the plan: order-sign only (spec §1)
+
+    def run(self, ev: Evaluation) -> list[Finding]:
+        result = self.fn(ev)
+        if result is None:
+            return []
+        if isinstance(result, Finding):
+            return [result]
+        return list(result)
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(
+    id: str,
+    *,
+    title: str,
+    applies: Scope,
+    severity: str,
+    source: str,
+    reads: tuple[str, ...],
+    trigger: str = "",
+    thresholds: tuple[str, ...] = (),
+    sign_only: bool = False,
+) -> Callable[[RuleFn], RuleFn]:
+    """Register a rule function under its specification id."""
+
+    def register(fn: RuleFn) -> RuleFn:
+        if id in RULES:
+            raise ValueError(f"rule {id} registered twice")
+        RULES[id] = Rule(
+            id,
+            title,
+            applies,
+            severity,
+            source,
+            reads,
+            fn.__module__.rsplit(".", 1)[-1],
+            fn,
+            trigger,
+            thresholds,
+            sign_only,
+        )
+        return fn
+
+    return register
+
+
+def finding(
+    ev: Evaluation,
+    rule_id: str,
+    severity: Severity,
+    summary: str,
+    detail: str,
+    facts: Iterable[Fact] = (),
+    suggestions: Iterable[SuggestionSpec] = (),
+) -> Finding:
+    """A finding about the evaluation's order (if any)."""
+    return Finding(
+        rule_id,
+        severity,
+        summary,
+        detail,
+        tuple(facts),
+        tuple(suggestions),
+        ev.order.ref if ev.order else None,
+    )
+
+
+def evaluate(ev: Evaluation, scopes: Iterable[Scope]) -> list[Finding]:
+    """Run every enabled rule whose scope applies, with the policy's severity overrides."""
+    wanted = set(scopes)
+    out: list[Finding] = []
+    for r in RULES.values():
+        if r.applies not in wanted or not ev.policy.enabled(r.id):
+            continue
+        if r.sign_only and ev.hook != "order-sign":
+            continue
+        if ev.order is not None and not ev.order.applies(r.applies):
+            continue
+        for f in r.run(ev):
+            severity = ev.policy.severity(r.id, f.severity)
+            if severity != f.severity:
+                f = Finding(
+                    f.rule_id, severity, f.summary, f.detail, f.facts, f.suggestions, f.order
+                )
+            out.append(f)
+    return out
+
+
+ORDER_SCOPES: tuple[Scope, ...] = ("any", "all", "K", "KIV", "E")
+COURSE_SCOPES: tuple[Scope, ...] = ("any", "course")
