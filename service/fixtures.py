@@ -1,0 +1,95 @@
+"""Fixtures: hook requests stored with dates anchored at a fixed day, shifted to "now" when
+loaded so they never go stale. One helper, used by the tests and the CLI.
+
+A fixture request marks its anchor in the spec's reserved ``extension`` member:
+``"extension": {"ketamine-cds.fixture-anchor": "2025-06-01"}``. Every FHIR date, dateTime and
+instant in it moves by whole days from the anchor to today (ages stay the same).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ANCHOR_KEY = "ketamine-cds.fixture-anchor"
+DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?$")
+ROOT = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def fixtures_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("KCDS_FIXTURES_DIR") or ROOT)
+
+
+def shift(value: Any, days: int) -> Any:
+    """Every date-like string in ``value`` moved by ``days``."""
+    if isinstance(value, dict):
+        return {k: shift(v, days) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shift(v, days) for v in value]
+    if isinstance(value, str):
+        m = DATE.match(value)
+        if m:
+            moved = date.fromisoformat(m.group(1)) + timedelta(days=days)
+            return moved.isoformat() + (m.group(2) or "")
+    return value
+
+
+def dated(request: dict[str, Any], today: date | None = None) -> dict[str, Any]:
+    """The request with its dates moved from its anchor to ``today`` (UTC date by default)."""
+    anchor = (request.get("extension") or {}).get(ANCHOR_KEY)
+    if not anchor:
+        return request
+    today = today or datetime.now(UTC).date()
+    return shift(request, (today - date.fromisoformat(anchor)).days)
+
+
+def load_request(path: Path | str, today: date | None = None) -> dict[str, Any]:
+    return dated(orjson.loads(Path(path).read_bytes()), today)
+
+
+def names() -> list[str]:
+    return sorted(p.parent.name for p in fixtures_dir().glob("*/request.json"))
+
+
+def load(name: str, today: date | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(dated request, expectations) of one fixture."""
+    folder = fixtures_dir() / name
+    if not (folder / "request.json").exists():
+        raise FileNotFoundError(f"no fixture named {name!r} in {fixtures_dir()}")
+    expected = orjson.loads((folder / "expected.json").read_bytes())
+    return load_request(folder / "request.json", today), expected
+
+
+def card_rules(response: dict[str, Any]) -> dict[str, str]:
+    """rule id → indicator of the card that names it, over a response's cards."""
+    out: dict[str, str] = {}
+    for card in response.get("cards", ()):
+        for rule_id in (card.get("extension") or {}).get("ketamine-cds.rules", ()):
+            out.setdefault(rule_id, card["indicator"])
+    return out
+
+
+def compare(response: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Differences between a response and a fixture's expectations (empty: it matches)."""
+    fired = card_rules(response)
+    problems = []
+    if "rules" in expected and sorted(fired) != sorted(expected["rules"]):
+        problems.append(f"rules {sorted(fired)} != expected {sorted(expected['rules'])}")
+    for rule_id in expected.get("must", ()):
+        if rule_id not in fired:
+            problems.append(f"{rule_id} did not fire")
+    for rule_id in expected.get("must_not", ()):
+        if rule_id in fired:
+            problems.append(f"{rule_id} fired but must not")
+    for rule_id, indicator in (expected.get("indicators") or {}).items():
+        if rule_id in fired and fired[rule_id] != indicator:
+            problems.append(f"{rule_id} is {fired[rule_id]}, expected {indicator}")
+    if "cards" in expected and len(response.get("cards", ())) != expected["cards"]:
+        problems.append(f"{len(response.get('cards', ()))} cards, expected {expected['cards']}")
+    return problems
