@@ -1,69 +1,72 @@
-"""Fixtures: hook requests stored with dates anchored at a fixed day, shifted to "now" when
+"""Fixtures: hook requests stored with dates anchored at a fixed instant, shifted to "now" when
 loaded so they never go stale. One helper, used by the tests and the CLI.
 
 A fixture request marks its anchor in the spec's reserved ``extension`` member:
-``"extension": {"ketamine-cds.fixture-anchor": "2025-06-01"}``. Every FHIR date, dateTime and
-instant in it moves by whole days from the anchor to today (ages stay the same).
+``"extension": {"ketamine-cds.fixture-anchor": "2025-06-01T10:00:00Z"}``. Every FHIR dateTime
+and instant in it moves by exactly (now − anchor), so "12 hours ago" stays 12 hours ago
+whatever the time of day; dates move by whole days (ages stay the same).
 """
 
 from __future__ import annotations
 
+import os
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 ANCHOR_KEY = "ketamine-cds.fixture-anchor"
-DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})(T[0-9:.]+(?:Z|[+-]\d{2}:\d{2})?)?$")
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
 ROOT = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def fixtures_dir() -> Path:
-    import os
-
     return Path(os.environ.get("KCDS_FIXTURES_DIR") or ROOT)
 
 
-def shift(value: Any, days: int) -> Any:
-    """Every date-like string in ``value`` moved by ``days``."""
+def shift(value: Any, delta: timedelta, days: int) -> Any:
+    """Every dateTime/instant in ``value`` moved by ``delta``, every date by ``days``."""
     if isinstance(value, dict):
-        return {k: shift(v, days) for k, v in value.items()}
+        return {k: shift(v, delta, days) for k, v in value.items()}
     if isinstance(value, list):
-        return [shift(v, days) for v in value]
+        return [shift(v, delta, days) for v in value]
     if isinstance(value, str):
-        m = DATE.match(value)
-        if m:
-            moved = date.fromisoformat(m.group(1)) + timedelta(days=days)
-            return moved.isoformat() + (m.group(2) or "")
+        if DATE.match(value):
+            return (datetime.fromisoformat(value) + timedelta(days=days)).date().isoformat()
+        if DATETIME.match(value):
+            moved = (datetime.fromisoformat(value) + delta).isoformat()
+            return moved.replace("+00:00", "Z") if value.endswith("Z") else moved
     return value
 
 
-def dated(request: dict[str, Any], today: date | None = None) -> dict[str, Any]:
-    """The request with its dates moved from its anchor to ``today`` (UTC date by default)."""
+def dated(request: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
+    """The request with its dates moved from its anchor to ``now`` (default: the clock)."""
     anchor = (request.get("extension") or {}).get(ANCHOR_KEY)
     if not anchor:
         return request
-    today = today or datetime.now(UTC).date()
-    return shift(request, (today - date.fromisoformat(anchor)).days)
+    start = datetime.fromisoformat(anchor)
+    now = now or datetime.now(UTC)
+    return shift(request, now - start, (now.date() - start.date()).days)
 
 
-def load_request(path: Path | str, today: date | None = None) -> dict[str, Any]:
-    return dated(orjson.loads(Path(path).read_bytes()), today)
+def load_request(path: Path | str, now: datetime | None = None) -> dict[str, Any]:
+    return dated(orjson.loads(Path(path).read_bytes()), now)
 
 
 def names() -> list[str]:
     return sorted(p.parent.name for p in fixtures_dir().glob("*/request.json"))
 
 
-def load(name: str, today: date | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def load(name: str, now: datetime | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(dated request, expectations) of one fixture."""
     folder = fixtures_dir() / name
     if not (folder / "request.json").exists():
         raise FileNotFoundError(f"no fixture named {name!r} in {fixtures_dir()}")
     expected = orjson.loads((folder / "expected.json").read_bytes())
-    return load_request(folder / "request.json", today), expected
+    return load_request(folder / "request.json", now), expected
 
 
 def card_rules(response: dict[str, Any]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from .orders import OrderInvalid, has_ketamine, ketamine_orders
 from .policy import Policy
 from .record import RecordBuilder, ketamine_kind
 from .rules import COURSE_SCOPES, ORDER_SCOPES, Evaluation, Finding, evaluate
+from .rules.dosing import mg_per_kg
 from .terminology import Terminology
 
 Clock = Callable[[], datetime]
@@ -137,14 +138,20 @@ class KetamineCDS:
         record = self._record(req)
         now = self.clock()
         findings: list[Finding] = []
+        summaries = []
         for order in orders:
             ev = Evaluation(record, order, self.policy, self.terminology, now, req.hook)
             findings.extend(evaluate(ev, ORDER_SCOPES))
+            summaries.append(
+                {
+                    "drug": order.drug,
+                    "route": order.route,
+                    "dose_mg": order.dose_mg,
+                    "dose_mg_per_kg": mg_per_kg(ev),
+                }
+            )
         return self._respond(
-            req,
-            findings,
-            {o.ref: o.resource for o in orders},
-            {"orders": [_order_summary(o) for o in orders]},
+            req, findings, {o.ref: o.resource for o in orders}, {"orders": summaries}
         )
 
     def patient_view(self, req: HookRequest) -> Response:
@@ -178,12 +185,3 @@ class KetamineCDS:
             )
             self.recorder(req, summary)
         return Response(tuple(cards))
-
-
-def _order_summary(order) -> dict[str, Any]:
-    return {
-        "drug": order.drug,
-        "route": order.route,
-        "dose_mg": order.dose_mg,
-        "dose_mg_per_kg": order.dose_mg_per_kg,
-    }

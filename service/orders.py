@@ -23,7 +23,7 @@ from .record import (
     parse_datetime,
     quantity,
 )
-from .terminology import CodeRef, Terminology, concept_text
+from .terminology import CodeRef, Terminology, concept_text, listed
 
 IV_SNOMED = "47625008"  # Intravenous route (spec §2)
 ROUTE_TEXT = (
@@ -87,7 +87,7 @@ def _route(dosage: dict[str, Any]) -> tuple[str | None, str | None]:
     route = dosage.get("route")
     if not isinstance(route, dict):
         return None, None
-    for c in route.get("coding") or ():
+    for c in listed(route.get("coding")):
         if isinstance(c, dict) and c.get("code") == IV_SNOMED:
             return "iv", concept_text(route) or "Intravenous"
     text = concept_text(route)
@@ -125,7 +125,7 @@ def validate(resource: dict[str, Any], field: str) -> None:
 
 def _ketamine_entries(t: Terminology, bundle: dict[str, Any], only: set[str] | None):
     """(index, resource, medication concept, drug) of each ketamine/esketamine request."""
-    entries = [e.get("resource") for e in bundle.get("entry") or () if isinstance(e, dict)]
+    entries = [e.get("resource") for e in listed(bundle.get("entry")) if isinstance(e, dict)]
     index = {
         f"Medication/{r['id']}": r
         for r in entries

@@ -13,11 +13,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from .terminology import CodeRef, ConceptMatch, Ingredient, Terminology, concept_text
+from .terminology import (
+    CodeRef,
+    ConceptMatch,
+    Ingredient,
+    Terminology,
+    concept_text,
+    listed,
+    obj,
+)
 
 EXCLUDED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}
 INACTIVE_CLINICAL = {"inactive", "resolved", "remission"}
-OBSERVATION_OK = {"final", "amended", "corrected"}
+OBSERVATION_OK = ("final", "amended", "corrected")  # tuples: statuses may be unhashable
 MED_IGNORED = {"entered-in-error", "cancelled", "draft"}
 MED_ACTIVE = {
     ("MedicationRequest", "active"),
@@ -26,7 +34,7 @@ MED_ACTIVE = {
     ("MedicationStatement", "intended"),
 }
 MED_ENDED = {"completed", "stopped"}
-ADMIN_COUNTED = {"completed", "in-progress", "stopped"}
+ADMIN_COUNTED = ("completed", "in-progress", "stopped")
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -49,7 +57,7 @@ def parse_datetime(value: Any) -> datetime | None:
 def coded_status(concept: Any) -> str | None:
     """The code of a FHIR status CodeableConcept (clinicalStatus, verificationStatus)."""
     if isinstance(concept, dict):
-        for c in concept.get("coding") or ():
+        for c in listed(concept.get("coding")):
             if isinstance(c, dict) and isinstance(c.get("code"), str):
                 return c["code"]
     return None
@@ -93,6 +101,11 @@ class Condition:
     matches: tuple[ConceptMatch, ...]
     active: bool
     onset: datetime | None
+    abated: datetime | None = None
+
+    def recent(self, since: datetime) -> bool:
+        """Active, or onset/abatement on or after ``since``."""
+        return self.active or any(d is not None and d >= since for d in (self.onset, self.abated))
 
     def fact(self, match: ConceptMatch) -> Fact:
         status = "active" if self.active else "history (inactive/resolved)"
@@ -100,7 +113,7 @@ class Condition:
             self.ref,
             match.coding,
             self.onset,
-            status if match.coding else f"text “{self.concept.get('text', '')[:80]}” · {status}",
+            status if match.coding else f"text “{concept_text(self.concept)[:80]}” · {status}",
         )
 
 
@@ -146,6 +159,7 @@ class Observation:
     quantity: Quantity | None
     answer: CodeRef | None  # valueCodeableConcept
     components: dict[str, Quantity]
+    answer_text: str = ""  # valueCodeableConcept text/displays, or valueString
 
     def fact(self, value: str | None = None) -> Fact:
         if value is None:
@@ -296,7 +310,7 @@ def medication_concept(resource: dict[str, Any], index: dict[str, dict[str, Any]
         medication = None
         if isinstance(target, str):
             if target.startswith("#"):
-                for c in resource.get("contained") or ():
+                for c in listed(resource.get("contained")):
                     if isinstance(c, dict) and c.get("id") == target[1:]:
                         medication = c
             else:
@@ -365,43 +379,27 @@ class RecordBuilder:
             if isinstance(m.get("id"), str)
         }
         for r in by_type.get("Condition", ()):
-            if coded_status(r.get("verificationStatus")) in EXCLUDED_CONDITION_VERIFICATION:
-                continue
-            record.conditions.append(
-                Condition(
-                    f"Condition/{r.get('id', '?')}",
-                    r.get("code") or {},
-                    t.classify(r.get("code")),
-                    coded_status(r.get("clinicalStatus")) not in INACTIVE_CLINICAL,
-                    period_start(r, "onsetDateTime", "onsetPeriod", "recordedDate"),
+            if coded_status(r.get("verificationStatus")) not in EXCLUDED_CONDITION_VERIFICATION:
+                active = coded_status(r.get("clinicalStatus")) not in INACTIVE_CLINICAL
+                record.conditions.append(
+                    self._coded(
+                        r,
+                        active,
+                        ("onsetDateTime", "onsetPeriod", "recordedDate"),
+                        period_start(r, "abatementDateTime", "abatementPeriod"),
+                    )
                 )
-            )
         for r in by_type.get("AllergyIntolerance", ()):
-            if coded_status(r.get("verificationStatus")) in EXCLUDED_CONDITION_VERIFICATION:
-                continue
-            if coded_status(r.get("clinicalStatus")) in INACTIVE_CLINICAL:
-                continue
-            record.allergies.append(
-                Condition(
-                    f"AllergyIntolerance/{r.get('id', '?')}",
-                    r.get("code") or {},
-                    t.classify(r.get("code")),
-                    True,
-                    period_start(r, "onsetDateTime", "recordedDate"),
-                )
-            )
+            if (
+                coded_status(r.get("verificationStatus")) not in EXCLUDED_CONDITION_VERIFICATION
+                and coded_status(r.get("clinicalStatus")) not in INACTIVE_CLINICAL
+            ):
+                record.allergies.append(self._coded(r, True, ("onsetDateTime", "recordedDate")))
         for r in by_type.get("Procedure", ()):
-            if r.get("status") in ("entered-in-error", "not-done"):
-                continue
-            record.procedures.append(
-                Condition(
-                    f"Procedure/{r.get('id', '?')}",
-                    r.get("code") or {},
-                    t.classify(r.get("code")),
-                    True,
-                    period_start(r, "performedDateTime", "performedPeriod"),
+            if r.get("status") not in ("entered-in-error", "not-done"):
+                record.procedures.append(
+                    self._coded(r, True, ("performedDateTime", "performedPeriod"))
                 )
-            )
         for kind in ("MedicationRequest", "MedicationStatement"):
             for r in by_type.get(kind, ()):
                 status = r.get("status")
@@ -428,7 +426,7 @@ class RecordBuilder:
             drug = ketamine_kind(t, medication_concept(r, record.medication_index))
             when = period_start(r, "effectiveDateTime", "effectivePeriod")
             if drug and when:
-                dose = (r.get("dosage") or {}).get("dose")
+                dose = obj(r.get("dosage")).get("dose")
                 record.administrations.append(
                     Administration(
                         f"MedicationAdministration/{r.get('id', '?')}", drug, when, dose_in_mg(dose)
@@ -437,6 +435,23 @@ class RecordBuilder:
         record.administrations.sort(key=lambda a: a.when)
         self._index_observations(record, by_type.get("Observation", ()))
         return record
+
+    def _coded(
+        self,
+        r: dict[str, Any],
+        active: bool,
+        dates: tuple[str, ...],
+        abated: datetime | None = None,
+    ) -> Condition:
+        """A coded entry (condition, allergy, procedure) classified against the value sets."""
+        return Condition(
+            f"{r['resourceType']}/{r.get('id', '?')}",
+            obj(r.get("code")),
+            self.terminology.classify(r.get("code")),
+            active,
+            period_start(r, *dates),
+            abated,
+        )
 
     def _index_observations(self, record: PatientRecord, observations: list[dict]) -> None:
         loinc = self.terminology.loinc_system
@@ -447,8 +462,13 @@ class RecordBuilder:
             if not isinstance(code, dict):
                 continue
             hit = None
-            for c in code.get("coding") or ():
-                if isinstance(c, dict) and c.get("system") == loinc and c.get("code") in wanted:
+            for c in listed(code.get("coding")):
+                if (
+                    isinstance(c, dict)
+                    and c.get("system") == loinc
+                    and isinstance(c.get("code"), str)
+                    and c["code"] in wanted
+                ):
                     confirm = wanted[c["code"]]
                     if confirm is None or confirm.search(concept_text(code)):
                         hit = c
@@ -456,14 +476,18 @@ class RecordBuilder:
             if hit is None or r.get("status") not in OBSERVATION_OK:
                 continue
             components = {}
-            for comp in r.get("component") or ():
+            for comp in listed(r.get("component")):
                 if not isinstance(comp, dict):
                     continue
                 q = quantity(comp.get("valueQuantity"))
-                for c in (comp.get("code") or {}).get("coding") or ():
+                for c in listed(obj(comp.get("code")).get("coding")):
                     if isinstance(c, dict) and c.get("system") == loinc and q:
-                        components[c.get("code")] = q
+                        components[str(c.get("code"))] = q
             answer = self.terminology.first_coding(r.get("valueCodeableConcept"))
+            value_string = r.get("valueString")
+            answer_text = concept_text(r.get("valueCodeableConcept")) or (
+                value_string if isinstance(value_string, str) else ""
+            )
             index[hit["code"]].append(
                 Observation(
                     f"Observation/{r.get('id', '?')}",
@@ -475,6 +499,7 @@ class RecordBuilder:
                     quantity(r.get("valueQuantity")),
                     answer,
                     components,
+                    answer_text[:200],
                 )
             )
         for items in index.values():
@@ -487,7 +512,7 @@ def _period_end(resource: dict[str, Any]) -> datetime | None:
         value = resource.get(name)
         if isinstance(value, dict):
             return parse_datetime(value.get("end"))
-    validity = (resource.get("dispenseRequest") or {}).get("validityPeriod")
+    validity = obj(resource.get("dispenseRequest")).get("validityPeriod")
     if isinstance(validity, dict):
         return parse_datetime(validity.get("end"))
     return None
@@ -529,3 +554,14 @@ def ketamine_kind(t: Terminology, concept: Any) -> str | None:
     if t.member(concept, "ketamine_drug"):
         return "ketamine"
     return None
+
+
+WEIGHT_TO_KG = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237}
+
+
+def weight_kg(q: Quantity | None) -> float | None:
+    """A body weight in kg from kg, g or lb; ``None`` for any other unit (never guessed)."""
+    if q is None:
+        return None
+    factor = WEIGHT_TO_KG.get(q.unit.strip()) or WEIGHT_TO_KG.get(q.unit.strip().lower())
+    return q.value * factor if factor and q.value > 0 else None

@@ -50,6 +50,21 @@ class Ingredient:
     group: str
 
 
+def listed(value: Any) -> list[Any]:
+    """A JSON array from patient data, or nothing: records can hold anything."""
+    return value if isinstance(value, list) else []
+
+
+def text_or_none(value: Any) -> str | None:
+    """A JSON string from patient data, or None (a list or object where text belongs)."""
+    return value if isinstance(value, str) else None
+
+
+def obj(value: Any) -> dict[str, Any]:
+    """A JSON object from patient data, or an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def normalise(system: str, code: str) -> str:
     return code.replace(".", "").upper() if system == "icd10cm" else code.strip()
 
@@ -59,7 +74,7 @@ def concept_text(concept: Any) -> str:
     if not isinstance(concept, dict):
         return ""
     parts = [concept.get("text")]
-    parts.extend(c.get("display") for c in concept.get("coding") or () if isinstance(c, dict))
+    parts.extend(c.get("display") for c in listed(concept.get("coding")) if isinstance(c, dict))
     return " | ".join(p for p in parts if isinstance(p, str))
 
 
@@ -126,11 +141,15 @@ class Terminology:
         if not isinstance(concept, dict):
             return ()
         codings = tuple(
-            (c.get("system"), c.get("code"), c.get("display"))
-            for c in concept.get("coding") or ()
+            (
+                text_or_none(c.get("system")),
+                text_or_none(c.get("code")),
+                text_or_none(c.get("display")),
+            )
+            for c in listed(concept.get("coding"))
             if isinstance(c, dict)
         )
-        key = (codings, concept.get("text"))
+        key = (codings, text_or_none(concept.get("text")))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -138,11 +157,11 @@ class Terminology:
         found: dict[str, ConceptMatch] = {}
         vetoed: set[str] = set()
         for system_uri, code, display in codings:
-            system = self.short.get(system_uri) if isinstance(system_uri, str) else None
-            if system is None or not isinstance(code, str) or not code:
+            system = self.short.get(system_uri or "")
+            if system is None or not code:
                 continue
             norm = normalise(system, code)
-            ref = CodeRef(system, code, display if isinstance(display, str) else None)
+            ref = CodeRef(system, code, display)
             candidates = list(self._exact.get((system, norm), ()))
             for i in range(1, len(norm) + 1):
                 candidates.extend(self._prefix.get((system, norm[:i]), ()))
@@ -175,12 +194,13 @@ class Terminology:
         """The concept's first coding in a known system (for naming it on a card)."""
         if not isinstance(concept, dict):
             return None
-        for c in concept.get("coding") or ():
+        for c in listed(concept.get("coding")):
             if isinstance(c, dict) and isinstance(c.get("code"), str):
-                system = self.short.get(c.get("system"), c.get("system") or "no-system")
-                display = c.get("display")
+                uri = text_or_none(c.get("system"))
                 return CodeRef(
-                    str(system), c["code"], display if isinstance(display, str) else None
+                    self.short.get(uri or "", uri or "no-system"),
+                    c["code"],
+                    text_or_none(c.get("display")),
                 )
         return None
 

@@ -2,7 +2,7 @@
 
 import subprocess
 import sys
-from datetime import date
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -11,7 +11,7 @@ from service.fixtures import ROOT, compare, dated, load, names, shift
 
 def test_committed_fixtures_are_current(tmp_path):
     # build.py writes next to itself: run a copy and compare with the committed files
-    for name in ("builder.py", "build.py"):
+    for name in ("builder.py", "catalogue.py", "build.py"):
         (tmp_path / name).write_bytes((ROOT / name).read_bytes())
     subprocess.run([sys.executable, str(tmp_path / "build.py")], check=True, capture_output=True)
     for name in names():
@@ -20,25 +20,25 @@ def test_committed_fixtures_are_current(tmp_path):
             assert built == (ROOT / name / part).read_bytes(), f"{name}/{part} is stale"
 
 
-def test_dates_shift_to_today_keeping_intervals():
+def test_dates_shift_to_now_keeping_intervals():
     body = {
-        "extension": {"ketamine-cds.fixture-anchor": "2025-06-01"},
+        "extension": {"ketamine-cds.fixture-anchor": "2025-06-01T10:00:00Z"},
         "a": "2025-06-01T10:00:00Z",
         "b": ["2025-05-25"],
         "c": "not-a-date",
-        "d": "2025-06-01T10:00:00.000+02:00",
+        "d": "2025-05-31T22:00:00.500+02:00",
     }
-    moved = dated(body, today=date(2026, 1, 10))
-    assert moved["a"] == "2026-01-10T10:00:00Z"
+    moved = dated(body, now=datetime(2026, 1, 10, 3, 30, tzinfo=UTC))
+    assert moved["a"] == "2026-01-10T03:30:00Z"
     assert moved["b"] == ["2026-01-03"]
     assert moved["c"] == "not-a-date"
-    assert moved["d"] == "2026-01-10T10:00:00.000+02:00"
+    assert moved["d"] == "2026-01-09T15:30:00.500000+02:00"  # 12 h before the anchor, still
 
 
 def test_requests_without_anchor_are_left_alone():
     body = {"a": "2025-06-01"}
-    assert dated(body, today=date(2030, 1, 1)) == body
-    assert shift({"x": ["2020-02-28"]}, 1) == {"x": ["2020-02-29"]}
+    assert dated(body, now=datetime(2030, 1, 1, tzinfo=UTC)) == body
+    assert shift({"x": ["2020-02-28"]}, timedelta(days=1), 1) == {"x": ["2020-02-29"]}
 
 
 def test_every_fixture_has_expectations():

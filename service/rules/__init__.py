@@ -1,6 +1,15 @@
-"""The rule catalogue. Importing this package registers every rule module's rules."""
+"""The rule catalogue. Importing this package registers every rule module's rules: adding a
+rule is one decorated function in the module of its concern."""
 
-from . import completeness, monitoring  # noqa: F401  (registers their rules)
+from . import (  # noqa: F401  (imported to register their rules)
+    completeness,
+    contraindications,
+    dosing,
+    interactions,
+    monitoring,
+    regimen,
+    surveillance,
+)
 from .base import COURSE_SCOPES, ORDER_SCOPES, RULES, Evaluation, Finding, evaluate
 
 __all__ = ["COURSE_SCOPES", "ORDER_SCOPES", "RULES", "Evaluation", "Finding", "evaluate"]

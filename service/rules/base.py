@@ -7,6 +7,7 @@ one module of this package.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,8 @@ from ..orders import DraftOrder
 from ..policy import Policy
 from ..record import Fact, PatientRecord
 from ..terminology import Terminology
+
+log = logging.getLogger("service.rules")
 
 Severity = Literal["critical", "warning", "info"]
 Scope = Literal["any", "all", "K", "KIV", "E", "course"]  # any: every hook
@@ -51,6 +54,10 @@ class Evaluation:
     terminology: Terminology
     now: datetime
     hook: str
+
+    def missing(self, key: str) -> bool:
+        """The prefetch key could not be had (D01 reports it): absence rules stay silent."""
+        return key in self.record.gaps
 
     def days_ago(self, days: float) -> datetime:
         return self.now - timedelta(days=days)
@@ -167,7 +174,25 @@ def evaluate(ev: Evaluation, scopes: Iterable[Scope]) -> list[Finding]:
             continue
         if ev.order is not None and not ev.order.applies(r.applies):
             continue
-        for f in r.run(ev):
+        try:
+            results = r.run(ev)
+        except Exception as exc:  # a bug must not hide the other rules' cards
+            log.error(
+                "rule failed",
+                extra={"fields": {"rule": r.id, "error_type": type(exc).__name__}},
+                exc_info=True,
+            )
+            results = [
+                finding(
+                    ev,
+                    r.id,
+                    "warning",
+                    f"Rule {r.id} ({r.title}) could not be checked"[:139],
+                    "The service failed while checking this rule; the failure is logged. Check "
+                    "this yourself.",
+                )
+            ]
+        for f in results:
             severity = ev.policy.severity(r.id, f.severity)
             if severity != f.severity:
                 f = Finding(

@@ -3,8 +3,13 @@ a finding, not a silent pass)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from ..record import Fact
 from .base import Evaluation, finding, rule
+from .dosing import latest_weight
+from .monitoring import BP_ORDER, PHQ9_ORDER, WEIGHT_ORDER
+from .regimen import rating_codes
 
 #: prefetch key → the checks that depend on it (named on the card)
 DEPENDS = {
@@ -68,8 +73,145 @@ def d02(ev: Evaluation):
         ev,
         "D02",
         "info",
-        f"Some record data was ignored: {counts}"[:139],
+        f"Record data ignored in the {ev.drug} check: {counts}"[:139],
         "Resources that belong to another patient, or repeat one already read, were left out "
         "of every check.",
         facts=(Fact("Bundle", value=counts),),
+    )
+
+
+@rule(
+    "R33",
+    title="No recent blood pressure",
+    applies="all",
+    severity="warning",
+    source="S4, S7",
+    reads=("Observation 85354-9/8480-6/8462-4",),
+    thresholds=("bp_window_days",),
+    sign_only=True,
+    trigger="no blood pressure within the window",
+)
+def r33(ev: Evaluation):
+    if ev.missing("observations"):
+        return None
+    since = ev.days_ago(ev.policy.bp_window_days)
+    if any(r.when >= since for r in ev.record.blood_pressures()):
+        return None
+    last = next(iter(ev.record.blood_pressures()), None)
+    return finding(
+        ev,
+        "R33",
+        "warning",
+        f"No blood pressure in the last {ev.policy.bp_window_days} days before {ev.drug}",
+        "Blood pressure must be checked before the dose: ketamine and esketamine raise it, and "
+        "a high reading should delay treatment.",
+        last.facts if last else (Fact("Observation", value="no blood pressure recorded"),),
+        (BP_ORDER,),
+    )
+
+
+@rule(
+    "R34",
+    title="No recent weight",
+    applies="KIV",
+    severity="warning",
+    source="S3",
+    reads=("Observation 29463-7",),
+    thresholds=("weight_window_days",),
+    sign_only=True,
+    trigger="no body weight in a usable unit within the window",
+)
+def r34(ev: Evaluation):
+    if ev.missing("observations"):
+        return None
+    weight = latest_weight(ev)
+    if weight is not None and weight[0] is not None:
+        return None
+    if weight is not None:
+        why = (
+            f"The latest weight is in “{weight[1].quantity.unit if weight[1].quantity else '?'}”, "
+            "which is not converted by guesswork (kg, g or lb are)."
+        )
+        found_facts = (weight[1].fact(),)
+    else:
+        why = f"No body weight is recorded in the last {ev.policy.weight_window_days} days."
+        found_facts = (Fact("Observation", value="no body weight 29463-7 in the window"),)
+    return finding(
+        ev,
+        "R34",
+        "warning",
+        f"No usable recent weight: the {ev.drug} mg/kg dose cannot be checked",
+        f"{why} The antidepressant dose is weight-based (0.5 mg/kg studied).",
+        found_facts,
+        (WEIGHT_ORDER,),
+    )
+
+
+@rule(
+    "R35",
+    title="Pregnancy status not documented",
+    applies="all",
+    severity="info",
+    source="S4",
+    reads=("Patient", "Observation 82810-3, 2106-3, 2118-8"),
+    thresholds=("reproductive_age_min", "reproductive_age_max", "pregnancy_window_days"),
+    sign_only=True,
+    trigger="female of reproductive age with no pregnancy status or test in the window",
+)
+def r35(ev: Evaluation):
+    p = ev.policy
+    age = ev.record.age_on(ev.order_time)
+    if ev.record.gender != "female" or age is None or ev.missing("observations"):
+        return None
+    if not p.reproductive_age_min <= age <= p.reproductive_age_max:
+        return None
+    t = ev.terminology
+    codes = (
+        t.loinc_codes("pregnancy_status") + t.loinc_codes("hcg_urine") + t.loinc_codes("hcg_serum")
+    )
+    if ev.record.latest(codes, since=ev.days_ago(p.pregnancy_window_days)):
+        return None
+    return finding(
+        ev,
+        "R35",
+        "info",
+        f"Document pregnancy status before {ev.drug}",
+        f"No pregnancy status or test in the last {p.pregnancy_window_days} days for a patient "
+        f"aged {age}. Ketamine/esketamine may cause fetal harm.",
+        (Fact(f"Patient/{ev.record.patient_id}", value=f"female, age {age}"),),
+    )
+
+
+@rule(
+    "R36",
+    title="No baseline depression rating",
+    applies="all",
+    severity="info",
+    source="S7, S13; S1",
+    reads=("Observation 44261-6", "MedicationAdministration"),
+    thresholds=("rating_before_first_dose_days",),
+    sign_only=True,
+    trigger="no PHQ-9 (or site scale) in the 30 days before the first dose",
+)
+def r36(ev: Evaluation):
+    if ev.missing("observations"):
+        return None
+    first = ev.record.administrations[0].when if ev.record.administrations else ev.now
+    days = ev.policy.rating_before_first_dose_days
+    window = [
+        o
+        for o in ev.record.all_observations(rating_codes(ev))
+        if first - timedelta(days=days) <= o.when <= first
+    ]
+    if window:
+        return None
+    return finding(
+        ev,
+        "R36",
+        "info",
+        f"Record a baseline PHQ-9 before the first {ev.drug} dose",
+        f"No PHQ-9 or site rating scale in the {days} days before the first dose; without a "
+        "baseline the response cannot be judged at the end of induction.",
+        (Fact("Observation", value="no rating in the baseline window"),),
+        (PHQ9_ORDER,),
     )

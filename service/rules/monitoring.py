@@ -5,23 +5,33 @@ from __future__ import annotations
 
 from .base import Evaluation, SuggestionSpec, finding, rule
 
-PLAN_ORDERS = (
-    SuggestionSpec(
-        "order-observation",
-        "Order blood pressure monitoring",
-        loinc="85354-9",
-        display="Blood pressure panel with all children optional",
-    ),
-    SuggestionSpec(
-        "order-observation",
-        "Order pulse oximetry (SpO2)",
-        loinc="59408-5",
-        display="Oxygen saturation in Arterial blood by Pulse oximetry",
-    ),
-    SuggestionSpec(
-        "order-observation", "Order heart rate monitoring", loinc="8867-4", display="Heart rate"
-    ),
+BP_ORDER = SuggestionSpec(
+    "order-observation",
+    "Order blood pressure monitoring",
+    loinc="85354-9",
+    display="Blood pressure panel with all children optional",
 )
+SPO2_ORDER = SuggestionSpec(
+    "order-observation",
+    "Order pulse oximetry (SpO2)",
+    loinc="59408-5",
+    display="Oxygen saturation in Arterial blood by Pulse oximetry",
+)
+HR_ORDER = SuggestionSpec(
+    "order-observation", "Order heart rate monitoring", loinc="8867-4", display="Heart rate"
+)
+WEIGHT_ORDER = SuggestionSpec(
+    "order-observation", "Order a body weight", loinc="29463-7", display="Body weight"
+)
+PHQ9_ORDER = SuggestionSpec(
+    "order-observation",
+    "Order a PHQ-9 depression rating",
+    loinc="44261-6",
+    display="Patient Health Questionnaire 9 item (PHQ-9) total score",
+)
+#: spec §6: BP, SpO2 and heart rate always; PHQ-9 and weight come from R36 and R34
+PLAN_ORDERS = (BP_ORDER, SPO2_ORDER, HR_ORDER)
+
 
 REMS_PLAN = """\
 **Spravato REMS: before, during and after each session**

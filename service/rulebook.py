@@ -1,0 +1,73 @@
+"""The rule catalogue for governance: every rule with its trigger, the thresholds of the
+active policy, and its sources with their verification status (served at /rules and
+/rules.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .cards import sources
+from .policy import Policy, schema
+from .rules import RULES
+
+
+def _citations(citation: str) -> list[dict[str, str]]:
+    out = []
+    for token in citation.replace(";", ",").split(","):
+        token = token.strip()
+        if not token:
+            continue
+        sid = token.split(" ")[0]
+        known = sources().get(sid)
+        out.append(
+            {
+                "id": token,
+                "label": known["label"] if known else token,
+                "status": known["status"]
+                if known
+                else ("site policy" if "policy" in token else "see evidence.md"),
+            }
+        )
+    return out
+
+
+def catalogue(policy: Policy) -> dict[str, Any]:
+    """Every rule, as data: what governance reads (and what /rules.json serves)."""
+    props = schema()["properties"]["thresholds"]["properties"]
+    rules = []
+    for r in sorted(RULES.values(), key=lambda r: (r.id[0] != "R", r.id)):
+        rules.append(
+            {
+                "id": r.id,
+                "title": r.title,
+                "concern": r.concern,
+                "applies": r.applies,
+                "severity": r.severity,
+                "configured_severity": policy.rules.get(r.id, {}).get("severity"),
+                "enabled": policy.enabled(r.id),
+                "hooks": ["order-sign"]
+                if r.sign_only
+                else (
+                    ["patient-view"]
+                    if r.applies == "course"
+                    else ["order-select", "order-sign", "patient-view"]
+                    if r.applies == "any"
+                    else ["order-select", "order-sign"]
+                ),
+                "trigger": r.trigger,
+                "reads": list(r.reads),
+                "thresholds": [
+                    {
+                        "name": t,
+                        "value": policy.thresholds[t],
+                        "unit": props[t].get("x-unit"),
+                        "source": props[t].get("x-source"),
+                        "description": props[t].get("description"),
+                    }
+                    for t in r.thresholds
+                ],
+                "sources": _citations(r.source),
+            }
+        )
+    return {"service_version": __version__, "policy_version": policy.version, "rules": rules}

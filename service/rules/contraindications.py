@@ -1,0 +1,634 @@
+"""Contraindications and cautions from the patient's conditions, allergies, age, pregnancy and
+blood pressure (ketamine-rules.md §5, R01–R19, R40)."""
+
+from __future__ import annotations
+
+from ..record import Fact
+from .base import Evaluation, SuggestionSpec, finding, rule
+from .conditions import by_drug, facts, found
+
+REMOVE = SuggestionSpec("delete-order", "Remove this draft order")
+E_OR_K = "E critical / K warning"
+
+
+def _label_ci(ev: Evaluation, rule_id: str, valueset: str, problem: str, why_e: str, why_k: str):
+    """R01–R03: an esketamine label contraindication, a caution for off-label ketamine."""
+    hits = found(ev, valueset, history_counts=True)
+    if not hits:
+        return None
+    severity = by_drug(ev, "critical", "warning")
+    if severity == "critical":
+        summary = f"{problem}: {ev.drug} is contraindicated (US label)"
+        detail = why_e
+    else:
+        summary = f"{problem}: a blood pressure rise with {ev.drug} may be hazardous"
+        detail = why_k
+    return finding(ev, rule_id, severity, summary, detail, facts(hits), (REMOVE,))
+
+
+@rule(
+    "R01",
+    title="Aneurysmal vascular disease",
+    applies="all",
+    severity=E_OR_K,
+    source="S4, S6; S16",
+    reads=("Condition",),
+    trigger="aneurysm (I71.*, I67.1, I72.*, I25.41, I25.3 or SNOMED), history counts",
+)
+def r01(ev: Evaluation):
+    return _label_ci(
+        ev,
+        "R01",
+        "aneurysm",
+        "Aneurysmal vascular disease",
+        "Aneurysmal vascular disease (aortic, intracranial or peripheral arterial) is a "
+        "contraindication on the Spravato label: esketamine raises blood pressure. Do not give; "
+        "remove the order unless a specialist has judged otherwise.",
+        "Aneurysmal vascular disease contraindicates esketamine, and ketamine's label "
+        "contraindicates it where a blood pressure rise is a serious hazard. Ketamine for "
+        "depression is off-label: weigh the risk with the vascular team before treating.",
+    )
+
+
+@rule(
+    "R02",
+    title="Arteriovenous malformation",
+    applies="all",
+    severity=E_OR_K,
+    source="S4, S6",
+    reads=("Condition",),
+    trigger="arteriovenous malformation (Q28.0, Q28.2, Q27.3* or SNOMED), history counts",
+)
+def r02(ev: Evaluation):
+    return _label_ci(
+        ev,
+        "R02",
+        "avm",
+        "Arteriovenous malformation",
+        "An arteriovenous malformation is a contraindication on the Spravato label (blood "
+        "pressure rise). Do not give; remove the order.",
+        "An arteriovenous malformation contraindicates esketamine; ketamine raises blood "
+        "pressure in the same way. Weigh the risk with the patient's specialist before treating.",
+    )
+
+
+@rule(
+    "R03",
+    title="Intracerebral haemorrhage history",
+    applies="all",
+    severity=E_OR_K,
+    source="S4, S6",
+    reads=("Condition",),
+    trigger="intracerebral haemorrhage (I61.*, I69.1*; also I60.*, I62.*), history counts",
+)
+def r03(ev: Evaluation):
+    return _label_ci(
+        ev,
+        "R03",
+        "intracranial_haemorrhage",
+        "History of intracranial haemorrhage",
+        "A history of intracerebral haemorrhage is a contraindication on the Spravato label. "
+        "Do not give; remove the order.",
+        "A history of intracerebral haemorrhage contraindicates esketamine; ketamine raises "
+        "blood and intracranial pressure. Weigh the risk with neurology before treating.",
+    )
+
+
+@rule(
+    "R04",
+    title="Ketamine or esketamine hypersensitivity",
+    applies="all",
+    severity="critical",
+    source="S4, S16",
+    reads=("AllergyIntolerance",),
+    trigger="an active allergy or intolerance to ketamine or esketamine (code or text)",
+)
+def r04(ev: Evaluation):
+    hits = [
+        (a, m) for a in ev.record.allergies for m in a.matches if m.valueset == "ketamine_allergy"
+    ]
+    if not hits:
+        return None
+    return finding(
+        ev,
+        "R04",
+        "critical",
+        f"Documented ketamine/esketamine hypersensitivity: do not give {ev.drug}",
+        "Known hypersensitivity to ketamine, esketamine or an excipient is a contraindication "
+        "on both labels. Remove the order; if the allergy entry is wrong, correct the record.",
+        tuple(Fact(a.ref, m.coding, a.onset, "allergy/intolerance") for a, m in hits),
+        (REMOVE,),
+    )
+
+
+@rule(
+    "R05",
+    title="Psychotic disorder",
+    applies="all",
+    severity="warning",
+    source="S4; S1 [E]",
+    reads=("Condition",),
+    trigger="psychotic disorder (F20–F29, F32.3, F33.3, F31.2, F31.5, F06.2), history counts",
+)
+def r05(ev: Evaluation):
+    hits = found(ev, "psychosis", history_counts=True)
+    if not hits:
+        return None
+    return finding(
+        ev,
+        "R05",
+        "warning",
+        f"Psychotic disorder on record: dissociation risk with {ev.drug}",
+        "Ketamine and esketamine cause dissociation and perceptual changes. The Spravato label "
+        "asks for careful assessment of patients with psychosis and treatment only if the "
+        "benefit outweighs the risk; the founding editorial urges extreme caution.",
+        facts(hits),
+    )
+
+
+@rule(
+    "R07",
+    title="Substance use disorder",
+    applies="all",
+    severity="warning",
+    source="S4, S7; S1 [E]",
+    reads=("Condition",),
+    thresholds=("sud_lookback_days",),
+    trigger="F10–F19 active or within the look-back; F16.* (covers ketamine) at any time",
+)
+def r07(ev: Evaluation):
+    since = ev.days_ago(ev.policy.sud_lookback_days)
+    misuse = found(ev, "hallucinogen_use", history_counts=True)
+    named = {c.ref for c, _ in misuse}
+    hits = misuse + [
+        h for h in found(ev, "substance_use_disorder", since=since) if h[0].ref not in named
+    ]
+    if not hits:
+        return None
+    if misuse:
+        summary = f"Possible ketamine misuse history (hallucinogen use disorder): {ev.drug}"
+        extra = (
+            " A hallucinogen-related disorder (F16) includes ketamine misuse: "
+            "long-term misuse is linked to cognitive impairment and cystitis."
+        )
+    else:
+        summary = f"Substance use disorder: assess misuse risk before {ev.drug}"
+        extra = ""
+    return finding(
+        ev,
+        "R07",
+        "warning",
+        summary,
+        "Ketamine and esketamine are Schedule III with abuse potential. Assess the risk of "
+        "abuse or misuse before prescribing and monitor for it throughout; weigh any history "
+        "of substance use disorder, including alcohol, carefully." + extra,
+        facts(hits),
+    )
+
+
+def _recent_bp(ev: Evaluation):
+    since = ev.days_ago(ev.policy.bp_window_days)
+    readings = [r for r in ev.record.blood_pressures() if r.when >= since]
+    return readings[0] if readings else None
+
+
+def _at_or_above(value: float | None, limit: float) -> bool:
+    return value is not None and value >= limit
+
+
+def _hazard(ev: Evaluation, bp) -> bool:
+    p = ev.policy
+    return bp is not None and (
+        _at_or_above(bp.systolic, p.bp_hazard_systolic)
+        or _at_or_above(bp.diastolic, p.bp_hazard_diastolic)
+    )
+
+
+@rule(
+    "R08",
+    title="Elevated blood pressure",
+    applies="all",
+    severity="warning",
+    source="S4",
+    reads=("Observation 85354-9/8480-6/8462-4", "Condition"),
+    thresholds=("bp_window_days", "bp_caution_systolic", "bp_caution_diastolic"),
+    trigger="latest BP in the window at or above the caution threshold (below the hazard "
+    "threshold, which R09 reports); a hypertension diagnosis with normal readings is "
+    "an info note",
+)
+def r08(ev: Evaluation):
+    p = ev.policy
+    bp = _recent_bp(ev)
+    if (
+        bp is not None
+        and not _hazard(ev, bp)
+        and (
+            _at_or_above(bp.systolic, p.bp_caution_systolic)
+            or _at_or_above(bp.diastolic, p.bp_caution_diastolic)
+        )
+    ):
+        return finding(
+            ev,
+            "R08",
+            "warning",
+            f"Blood pressure {bp.text()}: weigh delaying {ev.drug}",
+            f"The latest blood pressure is at or above {p.bp_caution_systolic:g}/"
+            f"{p.bp_caution_diastolic:g} mmHg, the Spravato label's general guide for weighing "
+            "a delay. Ketamine and esketamine raise blood pressure, peaking about 40 minutes "
+            "after the dose. Recheck before the dose; treat or delay if it stays high.",
+            bp.facts,
+        )
+    hypertension = found(ev, "hypertension")
+    if hypertension and bp is not None and not _hazard(ev, bp):
+        return finding(
+            ev,
+            "R08",
+            "info",
+            f"Hypertension on record: recheck BP ({bp.text()}) before {ev.drug}",
+            "Hypertension is recorded; recheck blood pressure before the dose.",
+            facts(hypertension) + bp.facts,
+        )
+    return None
+
+
+@rule(
+    "R09",
+    title="Hazardous blood pressure or hypertensive crisis",
+    applies="all",
+    severity="critical",
+    source="S16, S19, S4",
+    reads=("Observation", "Condition"),
+    thresholds=(
+        "bp_window_days",
+        "bp_hazard_systolic",
+        "bp_hazard_diastolic",
+        "hypertensive_crisis_days",
+    ),
+    trigger="latest BP in the window at or above the hazard threshold, or a hypertensive "
+    "crisis (I16.*) in the crisis window",
+)
+def r09(ev: Evaluation):
+    p = ev.policy
+    bp = _recent_bp(ev)
+    crisis = [
+        h
+        for h in found(ev, "hypertensive_crisis", history_counts=True)
+        if h[0].onset is not None and h[0].onset >= ev.days_ago(p.hypertensive_crisis_days)
+    ]
+    if not (_hazard(ev, bp) or crisis):
+        return None
+    found_facts = (bp.facts if _hazard(ev, bp) else ()) + facts(crisis)
+    what = f"Blood pressure {bp.text()}" if _hazard(ev, bp) else "Recent hypertensive crisis"
+    return finding(
+        ev,
+        "R09",
+        "critical",
+        f"{what}: a further rise with {ev.drug} may be hazardous",
+        f"Blood pressure at or above {p.bp_hazard_systolic:g}/{p.bp_hazard_diastolic:g} mmHg "
+        "(uncontrolled hypertension), or a hypertensive crisis in the last "
+        f"{p.hypertensive_crisis_days} days. Both labels contraindicate ketamine/esketamine "
+        "where a blood pressure rise is a serious hazard. Do not dose now: control the blood "
+        "pressure first.",
+        found_facts,
+        (REMOVE,),
+    )
+
+
+@rule(
+    "R10",
+    title="Cardiovascular or cerebrovascular disease",
+    applies="all",
+    severity="warning",
+    source="S4, S18, S20; S1 [E]",
+    reads=("Condition",),
+    thresholds=("recent_mi_days",),
+    trigger="ischaemic heart disease I20–I25, heart failure I50.*, stroke I63.* (active); "
+    "unstable angina and recent MI named",
+)
+def r10(ev: Evaluation):
+    hits = found(ev, "ischaemic_heart_disease") + found(ev, "heart_failure") + found(ev, "stroke")
+    if not hits:
+        return None
+    since = ev.days_ago(ev.policy.recent_mi_days)
+    acute = found(ev, "unstable_angina") + found(ev, "acute_mi", since=since)
+    named = ""
+    if acute:
+        named = (
+            f" Unstable angina or a myocardial infarction in the last "
+            f"{ev.policy.recent_mi_days} days is recorded: the UK label contraindicates "
+            "ketamine in severe coronary disease."
+        )
+    return finding(
+        ev,
+        "R10",
+        "warning",
+        f"Cardio-/cerebrovascular disease: individual risk assessment before {ev.drug}",
+        "Ketamine and esketamine raise blood pressure and heart rate. Assess cardiovascular "
+        "and cerebrovascular conditions carefully; consider anaesthesia input for medically "
+        "complex patients." + named,
+        facts(hits),
+    )
+
+
+@rule(
+    "R11",
+    title="Possible raised intracranial pressure",
+    applies="all",
+    severity="warning",
+    source="S4, S12, S20",
+    reads=("Condition",),
+    thresholds=("head_injury_days",),
+    trigger="G93.2, G93.5, G93.6, G91.* (active), or intracranial injury S06.* in the window",
+)
+def r11(ev: Evaluation):
+    hits = found(ev, "raised_icp") + found(
+        ev, "intracranial_injury", since=ev.days_ago(ev.policy.head_injury_days)
+    )
+    if not hits:
+        return None
+    return finding(
+        ev,
+        "R11",
+        "warning",
+        f"Possible raised intracranial pressure: {ev.drug} may raise it further",
+        "Ketamine raises cerebrospinal fluid pressure; the Spravato label advises against use "
+        "where a rise in intracranial pressure poses a serious risk. Confirm intracranial "
+        "pressure is not raised before treating.",
+        facts(hits),
+    )
+
+
+def _info(ev: Evaluation, rule_id: str, valueset: str, summary: str, detail: str):
+    hits = found(ev, valueset)
+    return finding(ev, rule_id, "info", summary, detail, facts(hits)) if hits else None
+
+
+@rule(
+    "R12",
+    title="Glaucoma",
+    applies="all",
+    severity="info",
+    source="S16, S20",
+    reads=("Condition",),
+    trigger="glaucoma H40.* (active)",
+)
+def r12(ev: Evaluation):
+    return _info(
+        ev,
+        "R12",
+        "glaucoma",
+        f"Glaucoma: {ev.drug} may raise intraocular pressure",
+        "Ketamine can raise intraocular pressure; check that glaucoma is controlled.",
+    )
+
+
+@rule(
+    "R13",
+    title="Hyperthyroidism",
+    applies="all",
+    severity="info / warning (storm)",
+    source="S19, S20",
+    reads=("Condition",),
+    trigger="hyperthyroidism E05.* (active); with thyroid storm (E05.*1) a warning",
+)
+def r13(ev: Evaluation):
+    storm = found(ev, "thyroid_storm")
+    if storm:
+        return finding(
+            ev,
+            "R13",
+            "warning",
+            f"Thyrotoxic crisis recorded: avoid {ev.drug} until controlled",
+            "Untreated or insufficiently treated hyperthyroidism is a contraindication on a "
+            "non-US ketamine label (sympathetic stimulation). Treat the thyroid crisis first.",
+            facts(storm),
+        )
+    return _info(
+        ev,
+        "R13",
+        "hyperthyroidism",
+        f"Hyperthyroidism: confirm it is controlled before {ev.drug}",
+        "Uncontrolled hyperthyroidism is a contraindication on a non-US ketamine label.",
+    )
+
+
+@rule(
+    "R14",
+    title="Liver disease",
+    applies="all",
+    severity="info",
+    source="S16",
+    reads=("Condition",),
+    trigger="liver disease K70–K77 or R74.01 (active)",
+)
+def r14(ev: Evaluation):
+    return _info(
+        ev,
+        "R14",
+        "liver_disease",
+        f"Liver disease: watch liver function with {ev.drug}",
+        "The ketamine label warns of drug-induced liver injury with repeated use; "
+        "consider liver tests during a course.",
+    )
+
+
+@rule(
+    "R15",
+    title="Interstitial or ulcerative cystitis",
+    applies="all",
+    severity="info",
+    source="S4, S16",
+    reads=("Condition",),
+    trigger="cystitis N30.1*, N30.2* (active)",
+)
+def r15(ev: Evaluation):
+    return _info(
+        ev,
+        "R15",
+        "cystitis",
+        f"Cystitis on record: monitor bladder symptoms on {ev.drug}",
+        "Ulcerative or interstitial cystitis is reported with long-term ketamine use; "
+        "monitor urinary symptoms and refer if they worsen.",
+    )
+
+
+@rule(
+    "R16",
+    title="Under 18",
+    applies="all",
+    severity=E_OR_K,
+    source="S4",
+    reads=("Patient.birthDate",),
+    trigger="age under 18 at the order date (or age unknown)",
+)
+def r16(ev: Evaluation):
+    age = ev.record.age_on(ev.order_time)
+    if age is None:
+        return finding(
+            ev,
+            "R16",
+            "warning",
+            f"Age not recorded: cannot check the adult-only use of {ev.drug}",
+            "Patient.birthDate is missing, so the under-18 check could not run. Esketamine is "
+            "not approved in patients under 18. Confirm the patient's age.",
+            (Fact(f"Patient/{ev.record.patient_id}", value="birthDate missing"),),
+        )
+    if age >= 18:
+        return None
+    severity = by_drug(ev, "critical", "warning")
+    return finding(
+        ev,
+        "R16",
+        severity,
+        f"Patient is {age} years old: {ev.drug} is not approved under 18",
+        "Safety and effectiveness in patients under 18 are not established (Spravato label); "
+        "antidepressants raise suicidality risk in young people.",
+        (
+            Fact(
+                f"Patient/{ev.record.patient_id}",
+                value=f"born {ev.record.birth_date}, age {age} at the order date",
+            ),
+        ),
+        (REMOVE,),
+    )
+
+
+@rule(
+    "R17",
+    title="Pregnancy",
+    applies="all",
+    severity="warning",
+    source="S4, S14",
+    reads=("Condition", "Observation 82810-3, 2106-3, 2118-8"),
+    thresholds=(
+        "reproductive_age_min",
+        "reproductive_age_max",
+        "pregnancy_onset_days",
+        "pregnancy_window_days",
+    ),
+    trigger="active pregnancy code, an O-chapter condition with recent onset (not O00–O08), "
+    "latest pregnancy status 'pregnant', or a positive hCG in the window",
+)
+def r17(ev: Evaluation):
+    p = ev.policy
+    age = ev.record.age_on(ev.order_time)
+    if age is not None and not p.reproductive_age_min <= age <= p.reproductive_age_max:
+        return None
+    hits = facts(found(ev, "pregnancy"))
+    hits += facts(
+        [
+            h
+            for h in found(ev, "pregnancy_o_chapter")
+            if h[0].onset and h[0].onset >= ev.days_ago(p.pregnancy_onset_days)
+        ]
+    )
+    status = ev.record.latest(ev.terminology.loinc_codes("pregnancy_status"))
+    pregnant_code = ev.terminology.loinc["pregnancy_status"]["answers"]["pregnant"]
+    if status and status.answer and status.answer.code == pregnant_code:
+        hits += (status.fact(),)
+    since = ev.days_ago(p.pregnancy_window_days)
+    for code in ev.terminology.loinc_codes("hcg_urine") + ev.terminology.loinc_codes("hcg_serum"):
+        for o in ev.record.observations.get(code, ()):
+            if o.when and o.when >= since and positive(o.answer_text):
+                hits += (o.fact(o.answer_text),)
+    if not hits:
+        return None
+    return finding(
+        ev,
+        "R17",
+        "warning",
+        f"Pregnancy recorded: {ev.drug} may cause fetal harm",
+        "Animal data suggest fetal harm; esketamine is not recommended in pregnancy. Discuss "
+        "the risk; if the patient is pregnant, do not start (stop and counsel if on treatment).",
+        hits,
+    )
+
+
+def positive(text: str) -> bool:
+    """A qualitative test result that reads positive (not 'negative'/'not detected')."""
+    t = text.lower()
+    return ("positive" in t or "detected" in t) and not ("negative" in t or "not detected" in t)
+
+
+@rule(
+    "R18",
+    title="Breastfeeding",
+    applies="all",
+    severity="warning",
+    source="S14",
+    reads=("Condition",),
+    trigger="lactation Z39.1 (active)",
+)
+def r18(ev: Evaluation):
+    hits = found(ev, "breastfeeding")
+    if not hits:
+        return None
+    return finding(
+        ev,
+        "R18",
+        "warning",
+        f"Breastfeeding: not recommended during {ev.drug} treatment",
+        "Esketamine passes into breast milk; breastfeeding during treatment is not recommended "
+        "because of possible neurotoxicity in the infant.",
+        facts(hits),
+    )
+
+
+@rule(
+    "R19",
+    title="Age 65 or over (esketamine)",
+    applies="E",
+    severity="info",
+    source="S6",
+    reads=("Patient.birthDate",),
+    thresholds=("esketamine_elderly_age",),
+    trigger="esketamine for a patient at or above the age threshold",
+)
+def r19(ev: Evaluation):
+    age = ev.record.age_on(ev.order_time)
+    if age is None or age < ev.policy.esketamine_elderly_age:
+        return None
+    return finding(
+        ev,
+        "R19",
+        "info",
+        f"Age {age}: higher esketamine exposure; start cautiously",
+        "Esketamine peak levels and exposure are higher in older patients; start cautiously "
+        "and monitor closely.",
+        (Fact(f"Patient/{ev.record.patient_id}", value=f"age {age}"),),
+    )
+
+
+@rule(
+    "R40",
+    title="Diagnosis outside the evidence base",
+    applies="all",
+    severity="info / warning (bipolar)",
+    source="S13; S1 [E]",
+    reads=("Condition",),
+    trigger="no major depression diagnosis (F32.0–F32.5, F32.9, F33.*); bipolar only → warning",
+)
+def r40(ev: Evaluation):
+    if ev.missing("conditions") or found(ev, "major_depression", history_counts=True):
+        return None
+    bipolar = found(ev, "bipolar", history_counts=True)
+    if bipolar:
+        return finding(
+            ev,
+            "R40",
+            "warning",
+            f"Bipolar disorder without major depression: {ev.drug} is "
+            "off-label and less studied here",
+            "The evidence and the esketamine indication are for major depressive disorder; "
+            "bipolar depression is less studied and carries a risk of switching to mania.",
+            facts(bipolar),
+        )
+    return finding(
+        ev,
+        "R40",
+        "info",
+        f"No major depression diagnosis recorded for this {ev.drug} order",
+        "The evidence base and the esketamine indication are for major depressive disorder. "
+        "Record the diagnosis the treatment is for.",
+        (Fact("Condition", value="no F32.0–F32.5, F32.9 or F33.* (or SNOMED equivalent)"),),
+    )

@@ -1,0 +1,301 @@
+"""Dose and route checks (ketamine-rules.md §5, R06, R25–R28). Dose arithmetic in mg/kg with
+explicit units: mg and g are accepted; any other unit is reported, never guessed."""
+
+from __future__ import annotations
+
+from ..record import Fact, Observation, weight_kg
+from .base import Evaluation, SuggestionSpec, finding, rule
+from .conditions import facts, found
+
+
+def latest_weight(ev: Evaluation) -> tuple[float | None, Observation] | None:
+    """The latest body weight in the window: (kg, observation); kg is None when its unit is
+    not one we convert (kg, g, lb)."""
+    obs = ev.record.latest(
+        ev.terminology.loinc_codes("body_weight"), since=ev.days_ago(ev.policy.weight_window_days)
+    )
+    if obs is None:
+        return None
+    return weight_kg(obs.quantity), obs
+
+
+def mg_per_kg(ev: Evaluation) -> float | None:
+    """The order's dose per kg: as written, or its mg over the latest usable weight."""
+    order = ev.order
+    if order is None or order.dose_mg_per_kg is not None:
+        return order.dose_mg_per_kg if order else None
+    weight = latest_weight(ev)
+    if order.dose_mg is None or weight is None or weight[0] is None:
+        return None
+    return order.dose_mg / weight[0]
+
+
+def _order_fact(ev: Evaluation, value: str) -> Fact:
+    return Fact(ev.order.ref, ev.order.code, ev.order.authored, value)
+
+
+@rule(
+    "R06",
+    title="Weight basis in obesity",
+    applies="KIV",
+    severity="info",
+    source="site policy [U]",
+    reads=("Observation 39156-5", "Condition Z68.3*/Z68.4*"),
+    thresholds=("bmi_weight_basis", "weight_window_days"),
+    trigger="BMI at or above the policy threshold (observation, or a BMI 30+ diagnosis when "
+    "the threshold is 30 or lower)",
+)
+def r06(ev: Evaluation):
+    limit = ev.policy.bmi_weight_basis
+    bmi = ev.record.latest(
+        ev.terminology.loinc_codes("bmi"), since=ev.days_ago(ev.policy.weight_window_days)
+    )
+    hits: tuple[Fact, ...] = ()
+    if bmi and bmi.quantity and bmi.quantity.value >= limit:
+        hits = (bmi.fact(),)
+    elif bmi is None and limit <= 30:  # Z68.3*/Z68.4* guarantee a BMI of 30 or more
+        hits = facts(found(ev, "obesity_bmi_dx"))
+    if not hits:
+        return None
+    weight = latest_weight(ev)
+    used = (
+        f"The dose check used the latest recorded (actual) body weight, {weight[0]:g} kg."
+        if weight and weight[0]
+        else "No usable weight is recorded."
+    )
+    return finding(
+        ev,
+        "R06",
+        "info",
+        f"BMI ≥ {limit:g}: confirm which weight the {ev.drug} dose uses",
+        "Whether to dose by actual or ideal body weight in obesity is not settled in the "
+        f"evidence (site policy). {used}",
+        hits,
+    )
+
+
+@rule(
+    "R25",
+    title="IV ketamine dose per kg",
+    applies="KIV",
+    severity="warning / critical",
+    source="S3; S16",
+    reads=("MedicationRequest.dosageInstruction", "Observation 29463-7"),
+    thresholds=(
+        "dose_target_mg_per_kg",
+        "dose_tolerance",
+        "dose_anaesthetic_mg_per_kg",
+        "weight_window_days",
+    ),
+    trigger="dose ÷ latest weight outside target ± tolerance (warning); at or above the "
+    "anaesthetic threshold (critical); a dose that cannot be read (warning)",
+)
+def r25(ev: Evaluation):
+    p, order = ev.policy, ev.order
+    if order.dose is None:
+        if ev.hook != "order-sign":
+            return None  # order-select: details may still be missing
+        return finding(
+            ev,
+            "R25",
+            "warning",
+            f"No dose on the {ev.drug} order: cannot check mg/kg",
+            "The order carries no doseQuantity, so the weight-based dose could not "
+            "be checked. State the dose in mg.",
+            (_order_fact(ev, "no dose"),),
+        )
+    weight = latest_weight(ev)
+    per_kg = mg_per_kg(ev)
+    if order.dose_mg_per_kg is None and order.dose_mg is None:
+        return finding(
+            ev,
+            "R25",
+            "warning",
+            f"Dose unit “{order.dose.unit}” not understood: {ev.drug} dose not checked",
+            "Only mg, g or mg/kg doses are checked; other units are not converted by guesswork. "
+            "Write the dose in mg.",
+            (_order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}"),),
+        )
+    if per_kg is None:
+        return None  # R34 says the weight is missing or unusable
+    low = p.dose_target_mg_per_kg * (1 - p.dose_tolerance)
+    high = p.dose_target_mg_per_kg * (1 + p.dose_tolerance)
+    if low <= per_kg <= high:
+        return None
+    found_facts = [_order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}")]
+    suggestions = ()
+    if weight and weight[0]:
+        found_facts.append(weight[1].fact())
+        target = round(p.dose_target_mg_per_kg * weight[0], 1)
+        if order.dose_mg_per_kg is None:
+            suggestions = (
+                SuggestionSpec(
+                    "update-dose",
+                    f"Change the dose to {target:g} mg ({p.dose_target_mg_per_kg:g} mg/kg)",
+                    dose_mg=target,
+                ),
+            )
+    if per_kg >= p.dose_anaesthetic_mg_per_kg:
+        return finding(
+            ev,
+            "R25",
+            "critical",
+            f"IV ketamine {per_kg:.2f} mg/kg is in the anaesthetic range "
+            f"(≥ {p.dose_anaesthetic_mg_per_kg:g} mg/kg)",
+            f"Anaesthetic induction starts at {p.dose_anaesthetic_mg_per_kg:g} mg/kg IV. The "
+            f"studied antidepressant dose is {p.dose_target_mg_per_kg:g} mg/kg over 40 minutes. "
+            "Check the dose and the units.",
+            found_facts,
+            suggestions,
+        )
+    return finding(
+        ev,
+        "R25",
+        "warning",
+        f"IV ketamine {per_kg:.2f} mg/kg: studied antidepressant dose is "
+        f"{p.dose_target_mg_per_kg:g} mg/kg",
+        f"Most published antidepressant reports used {p.dose_target_mg_per_kg:g} mg/kg over 40 "
+        f"minutes (accepted here: {low:.2f}–{high:.2f} mg/kg). Other doses are less studied; "
+        "tell the patient as part of consent if you keep this dose.",
+        found_facts,
+        suggestions,
+    )
+
+
+@rule(
+    "R26",
+    title="IV ketamine infusion time",
+    applies="KIV",
+    severity="warning",
+    source="S3; S1 [E]",
+    reads=("MedicationRequest.dosageInstruction",),
+    thresholds=("infusion_min_minutes", "infusion_max_minutes"),
+    trigger="infusion shorter or longer than the policy window (from timing duration or the "
+    "dosage text); not stated on order-sign",
+)
+def r26(ev: Evaluation):
+    p, minutes = ev.policy, ev.order.minutes
+    if minutes is None:
+        if ev.hook != "order-sign":
+            return None
+        return finding(
+            ev,
+            "R26",
+            "warning",
+            f"Infusion time not stated on the {ev.drug} order",
+            "The studied regimen is an infusion over 40 minutes; the order states no duration "
+            "(timing.repeat.duration) or 'over N minutes'. State it.",
+            (_order_fact(ev, "no infusion duration"),),
+        )
+    if p.infusion_min_minutes <= minutes <= p.infusion_max_minutes:
+        return None
+    if minutes < p.infusion_min_minutes:
+        summary = f"IV ketamine over {minutes:g} min: shorter than the studied 40-minute infusion"
+        why = "Faster infusions give higher peak levels, more dissociation and blood pressure rise."
+    else:
+        summary = f"IV ketamine over {minutes:g} min: prolonged infusion, risks poorly understood"
+        why = "Long infusions (up to days) carry poorly understood risks (founding editorial)."
+    return finding(
+        ev,
+        "R26",
+        "warning",
+        summary,
+        f"Most antidepressant studies infused over 40 minutes; this site accepts "
+        f"{p.infusion_min_minutes:g}–{p.infusion_max_minutes:g} minutes. {why}",
+        (_order_fact(ev, f"infusion over {minutes:g} min"),),
+    )
+
+
+@rule(
+    "R27",
+    title="Ketamine by a route other than IV",
+    applies="K",
+    severity="info",
+    source="S1 [E]; S31",
+    reads=("MedicationRequest.dosageInstruction.route",),
+    trigger="ketamine route not intravenous (IM, intranasal, oral, sublingual), or no route",
+)
+def r27(ev: Evaluation):
+    route = ev.order.route
+    if route == "iv":
+        return None
+    if route is None:
+        return finding(
+            ev,
+            "R27",
+            "info",
+            "No route on the ketamine order: checked as IV",
+            "The order states no route; the dose was checked as an IV dose. State the route.",
+            (_order_fact(ev, "route not stated"),),
+        )
+    return finding(
+        ev,
+        "R27",
+        "info",
+        f"Ketamine by the {route} route: less studied than IV for depression",
+        "IM, intranasal (compounded), oral and sublingual ketamine are understudied for "
+        "depression; dose equivalence with IV is uncertain.",
+        (_order_fact(ev, f"route {ev.order.route_text or route}"),),
+    )
+
+
+@rule(
+    "R28",
+    title="Esketamine dose",
+    applies="E",
+    severity="warning",
+    source="S7, S13",
+    reads=("MedicationRequest", "MedicationAdministration"),
+    thresholds=("esketamine_elderly_age",),
+    trigger="dose not 56 or 84 mg (28 mg only at 65+); first dose not 56 mg; 84 mg with no "
+    "prior 56 mg",
+)
+def r28(ev: Evaluation):
+    order = ev.order
+    if order.dose is None:
+        return (
+            None
+            if ev.hook != "order-sign"
+            else finding(
+                ev,
+                "R28",
+                "warning",
+                "No dose on the Spravato order",
+                "The order carries no dose: state 56 or 84 mg.",
+                (_order_fact(ev, "no dose"),),
+            )
+        )
+    mg = order.dose_mg
+    prior = [a for a in ev.record.administrations if a.drug == "esketamine" and a.when < ev.now]
+    age = ev.record.age_on(ev.order_time)
+    allowed = {56.0, 84.0} | (
+        {28.0} if age is not None and age >= ev.policy.esketamine_elderly_age else set()
+    )
+    problem = None
+    if mg is None:
+        problem = f"dose unit “{order.dose.unit}” not understood (write mg)"
+    elif mg not in allowed:
+        problem = (
+            f"{mg:g} mg is not a labelled dose ({', '.join(f'{d:g}' for d in sorted(allowed))} mg)"
+        )
+    elif not prior and mg != 56:
+        problem = f"the first dose should be 56 mg, not {mg:g} mg"
+    elif mg == 84 and not any(a.dose_mg == 56 for a in prior):
+        problem = "84 mg is used only after a 56 mg start"
+    if problem is None:
+        return None
+    return finding(
+        ev,
+        "R28",
+        "warning",
+        f"Spravato dose: {problem}"[:139],
+        "Label schedule (TRD): day 1 56 mg, then 56 or 84 mg; one device is 28 mg. Adjust on "
+        "efficacy and tolerability of the previous dose.",
+        (
+            _order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}"),
+            *(
+                Fact(a.ref, None, a.when, f"{a.dose_mg:g} mg" if a.dose_mg else "dose not recorded")
+                for a in prior[-3:]
+            ),
+        ),
+    )

@@ -1,0 +1,174 @@
+"""Course surveillance for patient-view (ketamine-rules.md §5, P01–P04)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from ..record import Fact, Observation
+from .base import Evaluation, finding, rule
+from .regimen import admin_facts, rating_codes
+
+
+def ratings(ev: Evaluation) -> list[Observation]:
+    """Rating-scale results with a number, oldest first."""
+    found = [o for o in ev.record.all_observations(rating_codes(ev)) if o.quantity]
+    return list(reversed(found))
+
+
+def baseline_and_latest(ev: Evaluation) -> tuple[Observation | None, Observation | None]:
+    """The last rating at or before the first dose (baseline) and the latest after it."""
+    admins = ev.record.administrations
+    scores = ratings(ev)
+    if not admins or not scores:
+        return None, None
+    first = admins[0].when
+    before = [o for o in scores if o.when <= first]
+    after = [o for o in scores if o.when > first]
+    return (before[-1] if before else None), (after[-1] if after else None)
+
+
+@rule(
+    "P01",
+    title="Course summary",
+    applies="course",
+    severity="info",
+    source="S7, S13",
+    reads=("MedicationAdministration", "Observation 44261-6"),
+    trigger="a ketamine or esketamine course is on record",
+)
+def p01(ev: Evaluation):
+    admins = ev.record.administrations
+    if not admins:
+        return finding(
+            ev,
+            "P01",
+            "info",
+            f"Active {ev.drug} order; no session given yet",
+            "A ketamine/esketamine order is active but no administration is recorded.",
+        )
+    base, last = baseline_and_latest(ev)
+    lines = [
+        f"- Sessions so far: **{len(admins)}** (first {admins[0].when.date()}, last "
+        f"{admins[-1].when.date()})"
+    ]
+    if base and last:
+        change = (
+            (base.quantity.value - last.quantity.value) / base.quantity.value
+            if base.quantity.value
+            else 0.0
+        )
+        lines.append(
+            f"- Rating: {base.quantity.value:g} at baseline → {last.quantity.value:g} "
+            f"on {last.when.date()} ({change:.0%} improvement)"
+        )
+    elif base:
+        lines.append(f"- Rating: baseline {base.quantity.value:g}; none since the first dose")
+    else:
+        lines.append("- No baseline rating before the first dose")
+    return finding(
+        ev,
+        "P01",
+        "info",
+        f"{ev.drug[0].upper()}{ev.drug[1:]} course: {len(admins)} sessions, last "
+        f"{admins[-1].when.date()}",
+        "**Course summary**\n" + "\n".join(lines),
+        admin_facts([admins[0], admins[-1]]) + tuple(o.fact() for o in (base, last) if o),
+    )
+
+
+@rule(
+    "P02",
+    title="No response after 4 weeks",
+    applies="course",
+    severity="warning",
+    source="S7, S13",
+    reads=("MedicationAdministration", "Observation 44261-6"),
+    thresholds=("response_threshold",),
+    trigger="4 weeks or more since the first dose and improvement below the response threshold",
+)
+def p02(ev: Evaluation):
+    admins = ev.record.administrations
+    if not admins or ev.now - admins[0].when < timedelta(days=28):
+        return None
+    base, last = baseline_and_latest(ev)
+    if not (base and last and base.quantity.value > 0):
+        return None
+    change = (base.quantity.value - last.quantity.value) / base.quantity.value
+    if change >= ev.policy.response_threshold:
+        return None
+    return finding(
+        ev,
+        "P02",
+        "warning",
+        f"{change:.0%} improvement after {(ev.now - admins[0].when).days} days of {ev.drug}: "
+        "reassess continuing",
+        f"Benefit should be judged at the end of induction (4 weeks). The rating improved by "
+        f"{change:.0%}, below the {ev.policy.response_threshold:.0%} response threshold. "
+        "Reassess whether to continue.",
+        (base.fact(), last.fact()),
+    )
+
+
+@rule(
+    "P03",
+    title="Reassessment overdue",
+    applies="course",
+    severity="info",
+    source="S7",
+    reads=("Observation 44261-6", "MedicationAdministration"),
+    thresholds=("reassess_days", "course_active_days"),
+    trigger="during an active course, the last rating is older than the reassessment "
+    "interval (or there is none)",
+)
+def p03(ev: Evaluation):
+    admins = ev.record.administrations
+    if not admins or admins[-1].when < ev.days_ago(ev.policy.course_active_days):
+        return None
+    scores = ratings(ev)
+    if scores and scores[-1].when >= ev.days_ago(ev.policy.reassess_days):
+        return None
+    last = f"last rating {scores[-1].when.date()}" if scores else "no rating recorded"
+    return finding(
+        ev,
+        "P03",
+        "info",
+        f"Depression rating overdue during the {ev.drug} course ({last})",
+        f"Reassess with a rating scale at least every {ev.policy.reassess_days} days during "
+        "an active course.",
+        (scores[-1].fact(),) if scores else (Fact("Observation", value=last),),
+    )
+
+
+@rule(
+    "P04",
+    title="Bladder symptoms during the course",
+    applies="course",
+    severity="warning",
+    source="S4, S16",
+    reads=("Condition",),
+    trigger="lower urinary tract symptoms or cystitis recorded after the first dose",
+)
+def p04(ev: Evaluation):
+    admins = ev.record.administrations
+    if not admins:
+        return None
+    first = admins[0].when
+    hits = [
+        (c, m)
+        for c in ev.record.conditions
+        for m in c.matches
+        if m.valueset in ("lower_urinary_tract_symptoms", "cystitis")
+        and c.onset is not None
+        and c.onset > first
+    ]
+    if not hits:
+        return None
+    return finding(
+        ev,
+        "P04",
+        "warning",
+        f"Urinary symptoms since starting {ev.drug}: consider ketamine cystitis",
+        "Ulcerative or interstitial cystitis is reported with repeated ketamine use. Ask about "
+        "urinary symptoms, test urine, and refer to urology if they persist.",
+        tuple(c.fact(m) for c, m in hits),
+    )
