@@ -2,8 +2,10 @@
 
 One pooled :class:`requests.Session` per process; the keys of one request are fetched
 concurrently under one total time budget; search results are followed through their
-``next`` links up to a page cap. The bearer token is only ever sent to ``fhirServer`` and
-is never logged or kept.
+``next`` links up to a page cap. ``fhirServer`` must be on the allow-list
+(:class:`AllowedServers`). The bearer token is only ever sent to ``fhirServer`` (``next``
+links elsewhere are not followed, redirects never are) and is never logged or kept. Each
+response is size-capped and held to the same input limits as a request.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -20,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .prefetch import KeyResult, bundle_resources, next_link
+from .validation import InputLimits, field_path, limit_violation
 
 log = logging.getLogger("cds_hooks.fhir")
 
@@ -29,6 +32,39 @@ class FetchSettings:
     timeout: float = 3.0  # total budget for all fetches of one request, seconds
     max_pages: int = 20  # per key, including the first
     max_bytes: int = 20 * 1024 * 1024  # per response
+    allowed_servers: tuple[str, ...] = ("https://",)  # fhirServer URL prefixes
+    limits: InputLimits = field(default_factory=InputLimits)  # max_entries: per key
+
+
+def _split(url: str) -> tuple[str, str | None, int | None, str]:
+    """(scheme, host, port, path without trailing slash) of an http(s) URL without user
+    info; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" in parts.netloc:
+        raise ValueError(f"{url!r} is not an http(s) URL without user info")
+    return parts.scheme, parts.hostname, parts.port, parts.path.rstrip("/")
+
+
+class AllowedServers:
+    """The FHIR servers the service may call, as URL prefixes compared part by part:
+    ``https://`` allows any https server; ``https://fhir.example.org/r4`` that host on any
+    port, at or under that path; ``http://127.0.0.1:8080`` that host on that port."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        self.prefixes = [_split(prefix) for prefix in prefixes]
+
+    def allows(self, url: str) -> bool:
+        try:
+            scheme, host, port, path = _split(url)
+        except ValueError:
+            return False
+        return bool(host) and any(
+            scheme == p_scheme
+            and p_host in (None, host)
+            and p_port in (None, port)
+            and (path == p_path or path.startswith(p_path + "/"))
+            for p_scheme, p_host, p_port, p_path in self.prefixes
+        )
 
 
 class FhirClient:
@@ -36,11 +72,11 @@ class FhirClient:
 
     def __init__(self, settings: FetchSettings, pool_size: int = 16):
         self.settings = settings
+        self.allowed = AllowedServers(settings.allowed_servers)
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.max_redirects = 0
         self.executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="fhir")
 
     def close(self) -> None:
@@ -91,6 +127,7 @@ class FhirClient:
         pages = 1 if partial else 0
         target: str | None = urljoin(base, url)
         first = partial is None
+        limits = self.settings.limits
         while target:
             if pages >= self.settings.max_pages:
                 return KeyResult(
@@ -112,12 +149,24 @@ class FhirClient:
             if first and status == 404:
                 return KeyResult("empty")
             if status != 200:
-                return _degrade_with(resources, f"FHIR server answered HTTP {status}")
+                redirect = " (redirects are not followed)" if 300 <= status < 400 else ""
+                return _degrade_with(resources, f"FHIR server answered HTTP {status}{redirect}")
+            violation = limit_violation(body, limits)
+            if violation is not None:
+                path, problem = violation
+                return _degrade_with(resources, f"FHIR response {field_path(path)} {problem}")
             kind = body.get("resourceType") if isinstance(body, dict) else None
             if kind == "OperationOutcome":
                 return _degrade_with(resources, "FHIR server returned an OperationOutcome")
             if kind == "Bundle":
                 resources.extend(bundle_resources(body))
+                if len(resources) > limits.max_entries:
+                    return KeyResult(
+                        "fetched",
+                        resources[: limits.max_entries],
+                        complete=False,
+                        reason=f"stopped at {limits.max_entries} resources",
+                    )
                 target = next_link(body)
                 target = urljoin(base, target) if target else None
             elif kind:
@@ -134,6 +183,9 @@ class FhirClient:
         ) as response:
             if response.status_code != 200:
                 return None, response.status_code
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > self.settings.max_bytes:
+                raise ValueError("FHIR response larger than the configured limit")
             chunks, size = [], 0
             for chunk in response.iter_content(65536):
                 size += len(chunk)

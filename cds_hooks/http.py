@@ -1,21 +1,24 @@
-"""The Flask blueprint: discovery, service calls and feedback, with JSON errors throughout."""
+"""The Flask blueprint: discovery, service calls and feedback, with caller authentication,
+CORS, input limits, an OpenAPI description and JSON errors throughout."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Request, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import openapi
+from .auth import Caller
 from .errors import CDSHooksError, bad_request
 from .fhir import FhirClient
 from .service import ServiceCatalog, handle
-from .validation import check
+from .validation import InputLimits, check, check_limits
 
 log = logging.getLogger("cds_hooks.http")
 
@@ -23,14 +26,22 @@ JSON_TYPES = ("application/json", "application/fhir+json")
 
 #: (service id, feedback items) → a JSON-able acknowledgement
 FeedbackSink = Callable[[str, list[dict[str, Any]]], dict[str, Any]]
-#: (request, audience URL) → None, or raise CDSHooksError(401)
-Authenticator = Callable[[Request, str], None]
+#: (request, audience URL) → the caller, or raise CDSHooksError(401); see cds_hooks.auth
+Authenticator = Callable[[Request, str], Caller]
+
+CORS_ALLOW_HEADERS = "Authorization, Content-Type"
+CORS_MAX_AGE = "600"
 
 
 @dataclass
 class ProtocolSettings:
     public_url: str | None = None  # externally visible base URL (behind proxies)
     max_body_bytes: int = 5 * 1024 * 1024
+    limits: InputLimits = field(default_factory=InputLimits)
+    # browser origins allowed to call (CORS); ("*",) allows any, never with credentials
+    cors_origins: tuple[str, ...] = ()
+    title: str = "CDS Hooks services"  # for the OpenAPI description
+    version: str = "0"
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -56,6 +67,16 @@ def _require_json() -> None:
         )
 
 
+def _allowed_origin(settings: ProtocolSettings) -> str | None:
+    """The Access-Control-Allow-Origin for this request's Origin; None when not allowed."""
+    origin = request.headers.get("Origin")
+    if not origin or not settings.cors_origins:
+        return None
+    if settings.cors_origins == ("*",):
+        return "*"
+    return origin if origin in settings.cors_origins else None
+
+
 def create_blueprint(
     catalog: ServiceCatalog,
     settings: ProtocolSettings,
@@ -63,14 +84,48 @@ def create_blueprint(
     feedback_sink: FeedbackSink,
     authenticate: Authenticator | None = None,
 ) -> Blueprint:
+    """The CDS Hooks routes. ``authenticate`` (when given) runs first on discovery, service
+    and feedback calls, never on a CORS preflight nor on ``/openapi.json``."""
     bp = Blueprint("cds_hooks", __name__)
+    description = openapi.document(
+        catalog, settings.title, settings.version, authenticated=authenticate is not None
+    )
 
     def base_url() -> str:
         return (settings.public_url or request.host_url).rstrip("/")
 
     def authorise(path: str) -> None:
         if authenticate is not None:
-            authenticate(request, base_url() + path)
+            caller = authenticate(request, base_url() + path)
+            g.iss, g.tenant = caller.issuer, caller.tenant
+
+    @bp.before_request
+    def _preflight() -> Response | None:
+        """Answer a CORS preflight here, before any view (so without authentication)."""
+        if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+            return None
+        if _allowed_origin(settings) is None:
+            raise CDSHooksError(403, "origin_not_allowed", "this origin may not call the service")
+        methods = sorted((request.url_rule.methods or set()) - {"HEAD"})  # type: ignore[union-attr]
+        response = Response(status=204)
+        response.headers["Access-Control-Allow-Methods"] = ", ".join(methods)
+        response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
+        response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+        return response
+
+    @bp.after_request
+    def _cors(response: Response) -> Response:
+        """Let an allowed browser origin read the answer (refusals included)."""
+        allowed = _allowed_origin(settings)
+        if allowed is not None:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+        if settings.cors_origins and settings.cors_origins != ("*",):
+            response.vary.add("Origin")
+        return response
+
+    @bp.get("/openapi.json")
+    def describe() -> Response:
+        return json_response(description)
 
     @bp.get("/cds-services")
     def discovery() -> Response:
@@ -79,24 +134,24 @@ def create_blueprint(
 
     @bp.post("/cds-services/<service_id>")
     def call(service_id: str) -> Response:
-        g.service_id = service_id
         authorise(f"/cds-services/{service_id}")
         service = catalog.get(service_id)
+        g.service_id = service.id  # logged only once known: the path is the caller's
         _require_json()
         body = _parse_json(request.get_data(cache=False))
         if isinstance(body, dict) and isinstance(body.get("hookInstance"), str):
             g.hook_instance = body["hookInstance"][:64]
-        hook_request, response = handle(service, body, fhir_client, base_url())
+        hook_request, response = handle(service, body, fhir_client, base_url(), settings.limits)
         g.log_fields = hook_request.log_fields
         return json_response(response.to_json())
 
     @bp.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str) -> Response:
-        g.service_id = service_id
         authorise(f"/cds-services/{service_id}/feedback")
-        catalog.get(service_id)
+        g.service_id = catalog.get(service_id).id
         _require_json()
         body = _parse_json(request.get_data(cache=False))
+        check_limits(body, settings.limits)
         check("feedback.json", body)
         return json_response(feedback_sink(service_id, body["feedback"]))
 
@@ -115,7 +170,10 @@ def install(app: Flask, blueprint: Blueprint, settings: ProtocolSettings) -> Non
     @app.errorhandler(CDSHooksError)
     def _cds_error(exc: CDSHooksError) -> Response:
         g.error = exc.error
-        return json_response(exc.to_json(), exc.status)
+        response = json_response(exc.to_json(), exc.status)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -150,7 +208,7 @@ def install(app: Flask, blueprint: Blueprint, settings: ProtocolSettings) -> Non
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
         }
-        for name in ("service_id", "hook_instance", "error"):
+        for name in ("service_id", "hook_instance", "iss", "tenant", "error"):
             if g.get(name):
                 fields[name] = g.get(name)
         fields.update(g.get("log_fields") or {})

@@ -59,8 +59,12 @@ def render(template: str, context: dict[str, Any]) -> str | None:
     return None if missing else url
 
 
+def _array(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or ():
+    for link in _array(bundle.get("link")):
         if isinstance(link, dict) and link.get("relation") == "next" and link.get("url"):
             return str(link["url"])
     return None
@@ -69,7 +73,7 @@ def next_link(bundle: dict[str, Any]) -> str | None:
 def bundle_resources(bundle: dict[str, Any]) -> list[dict[str, Any]]:
     """The resources of a Bundle, without search-outcome OperationOutcomes."""
     out = []
-    for entry in bundle.get("entry") or ():
+    for entry in _array(bundle.get("entry")):
         if not isinstance(entry, dict):
             continue
         resource = entry.get("resource")

@@ -1,8 +1,9 @@
 """Service definitions, the discovery document, and the request pipeline.
 
-The pipeline is what every hook call goes through, whatever the domain: validate, resolve
-prefetch (fetching what is missing), refuse with 412 when required data cannot be had, then
-hand a :class:`HookRequest` to the service's handler.
+The pipeline is what every hook call goes through, whatever the domain: validate (shape
+and input limits), refuse a ``fhirServer`` that is not allowed, resolve prefetch (fetching
+what is missing), refuse with 412 when required data cannot be had, then hand a
+:class:`HookRequest` to the service's handler.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CDSHooksError
+from .errors import CDSHooksError, bad_request
 from .fhir import FhirClient
 from .models import Response
 from .prefetch import KeyResult, interpret, render
-from .validation import check_request
+from .validation import InputLimits, check_request
 
 
 @dataclass
@@ -127,16 +128,23 @@ def handle(
     body: Any,
     client: FhirClient | None,
     base_url: str,
+    limits: InputLimits | None = None,
 ) -> tuple[HookRequest, Response]:
-    """Run one hook call through validation, prefetch resolution and the handler."""
-    check_request(body, service.hook)
+    """Run one hook call through validation, prefetch resolution and the handler. Without
+    a ``client`` nothing is fetched, so ``fhirServer`` is not checked either."""
+    check_request(body, service.hook, limits)
+    server = body.get("fhirServer")
+    if server is not None and client is not None and not client.allowed.allows(server):
+        raise bad_request(
+            "fhirServer is not one of the FHIR servers this service may call", field="fhirServer"
+        )
     request = HookRequest(
         service_id=service.id,
         hook=body["hook"],
         hook_instance=body["hookInstance"],
         context=body["context"],
         prefetch={},
-        fhir_server=body.get("fhirServer"),
+        fhir_server=server,
         base_url=base_url,
     )
     if service.relevant is not None and not service.relevant(body["context"]):

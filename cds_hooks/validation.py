@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -15,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry, Resource
 
-from .errors import bad_request
+from .errors import CDSHooksError, bad_request
 
 #: hooks whose context this package knows how to validate
 HOOK_SCHEMAS = {
@@ -25,19 +26,73 @@ HOOK_SCHEMAS = {
 }
 
 
-def _load(name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class InputLimits:
+    """Bounds on the shape of what a caller (or its FHIR server) sends, so that no single
+    value can make parsing, validation or the rules slow. The body size limit is separate
+    (the HTTP layer refuses an oversized body before reading it)."""
+
+    max_depth: int = 64  # nesting of objects and arrays
+    max_string: int = 64 * 1024  # characters in any string but the exempt members
+    max_code: int = 256  # characters in a ``code`` (terminology matches codes by prefix)
+    max_entries: int = 5000  # resources in one prefetch key's Bundle, and draft orders
+    exempt: frozenset[str] = frozenset({"data", "div"})  # base64 attachments, narrative XHTML
+
+
+def limit_violation(value: Any, limits: InputLimits) -> tuple[tuple[Any, ...], str] | None:
+    """The path of the first value beyond the depth or string limits, and the problem;
+    ``None`` when everything is within them. Iterative, so any depth is safe to walk."""
+    if not isinstance(value, dict | list):
+        return None
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) >= limits.max_depth:
+            return path, f"is nested deeper than {limits.max_depth} levels"
+        for key, child in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(child, str):
+                limit = limits.max_code if key == "code" else limits.max_string
+                if len(child) > limit and key not in limits.exempt:
+                    return (*path, key), f"is longer than {limit} characters"
+            elif isinstance(child, dict | list):
+                stack.append((child, (*path, key)))
+    return None
+
+
+def check_limits(value: Any, limits: InputLimits) -> None:
+    """Raise a 400 ``limit_exceeded`` naming the first value beyond the limits."""
+    found = limit_violation(value, limits)
+    if found is not None:
+        path, problem = found
+        where = field_path(path) or "body"
+        raise CDSHooksError(400, "limit_exceeded", f"{where} {problem}", field=where)
+
+
+def _check_entries(bundle: Any, where: str, limits: InputLimits) -> None:
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if isinstance(entries, list) and len(entries) > limits.max_entries:
+        raise CDSHooksError(
+            400,
+            "limit_exceeded",
+            f"{where}.entry has {len(entries)} entries; at most {limits.max_entries} are accepted",
+            field=f"{where}.entry",
+        )
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """One of the JSON Schemas shipped in ``cds_hooks/schemas``, parsed."""
     return json.loads(resources.files("cds_hooks.schemas").joinpath(name).read_text("utf-8"))
 
 
 @cache
 def _registry() -> Registry:
-    defs = _load("_defs.json")
+    defs = load_schema("_defs.json")
     return Registry().with_resource(defs["$id"], Resource.from_contents(defs))
 
 
 @cache
 def validator(name: str) -> Draft202012Validator:
-    schema = _load(name)
+    schema = load_schema(name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, registry=_registry())
 
@@ -70,6 +125,10 @@ def _describe(error: ValidationError, prefix: str) -> tuple[str, str]:
         return where, f"has an invalid value ({_short(error.instance)})"
     if error.validator == "minItems":
         return where, "must not be empty"
+    if error.validator == "maxItems":
+        return where, f"must not have more than {error.validator_value} items"
+    if error.validator == "maxLength":
+        return where, f"must not be longer than {error.validator_value} characters"
     if error.validator == "oneOf" and where.startswith("prefetch."):
         return where, "must be null or a FHIR resource with a resourceType"
     return where, error.message
@@ -88,12 +147,19 @@ def check(name: str, instance: Any, prefix: str = "") -> None:
         raise bad_request(f"{where} {problem}", field=where)
 
 
-def check_request(body: Any, expected_hook: str | None = None) -> None:
-    """Validate a hook request: the common envelope, the hook the service answers, then the
-    hook's own context."""
+def check_request(
+    body: Any, expected_hook: str | None = None, limits: InputLimits | None = None
+) -> None:
+    """Validate a hook request: its size limits, the common envelope, the hook the service
+    answers, then the hook's own context."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object", field="body")
+    limits = limits or InputLimits()
+    check_limits(body, limits)
     check("request.json", body)
+    for key, value in (body.get("prefetch") or {}).items():
+        _check_entries(value, f"prefetch.{key}", limits)
+    _check_entries(body["context"].get("draftOrders"), "context.draftOrders", limits)
     if expected_hook is not None and body["hook"] != expected_hook:
         raise bad_request(
             f"hook {body['hook']!r} does not match this service, which answers {expected_hook!r}",

@@ -37,9 +37,21 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+#: the service's own loggers: they follow KCDS_LOG_LEVEL
+OWN_LOGGERS = ("service", "cds_hooks")
+#: HTTP clients log request URLs, and a FHIR search URL names the patient: errors only
+URL_LOGGERS = ("urllib3", "requests")
+
+
 def configure(level: str = "INFO") -> None:
+    """JSON lines on stderr: the service's own loggers at ``level``; libraries, whose
+    messages are not vetted for patient data, at WARNING at most; HTTP clients at ERROR."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for name in URL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
