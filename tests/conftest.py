@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 import requests
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from service.app import create_app
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path(__file__).resolve().parent / "conformance"
+#: the PostgreSQL the tests create their throwaway databases in (trust auth)
+POSTGRES = os.environ.get("KCDS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def free_port() -> int:
@@ -28,8 +36,18 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app():
-    return create_app(Settings(auth="off", fhir_timeout=2.0, max_body_bytes=2 * 1024 * 1024))
+def app(tmp_path_factory):
+    database = tmp_path_factory.mktemp("app") / "kcds.db"
+    app = create_app(
+        Settings(
+            auth="off",
+            fhir_timeout=2.0,
+            max_body_bytes=2 * 1024 * 1024,
+            database_url=f"sqlite:///{database}",
+        )
+    )
+    yield app
+    app.extensions["ketamine-cds.registry"].close()
 
 
 @pytest.fixture
@@ -102,3 +120,50 @@ def gunicorn(tmp_path_factory) -> Iterator[Server]:
     server = start_gunicorn(tmp_path_factory.mktemp("gunicorn"))
     yield server
     stop(server)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL of KCDS_TEST_POSTGRES, or a skip that says it did not answer."""
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL did not answer at {POSTGRES} ({str(exc).strip()})")
+    return POSTGRES
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:
+    """A throwaway database, created for one test and dropped after it."""
+    name = f"kcds_test_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path) -> str:
+    """Each registry test runs on a fresh SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/registry.db"
+    return request.getfixturevalue("postgres_url")
+
+
+@contextmanager
+def writes_held(database_url: str) -> Iterator:
+    """Hold the locks the registry's writes need, as a long purge or a backup might; yields
+    the connection holding them (it can still read)."""
+    if database_url.startswith("sqlite"):
+        path = make_url(database_url).database
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        conn = psycopg.connect(database_url)
+        conn.execute("LOCK TABLE kcds_evaluation, kcds_feedback IN EXCLUSIVE MODE")
+    try:
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()

@@ -1,0 +1,561 @@
+"""The ketamine registry, on a real SQLite file and a real PostgreSQL database: what an
+evaluation and a feedback item leave behind, the summary, the exports, the purge, the admin
+endpoint, the start-up checks and the migrations."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, inspect, select, text
+
+from cds_hooks.service import HookRequest
+from service import __version__
+from service.app import create_app
+from service.cli import main
+from service.config import ConfigError, Settings
+from service.fixtures import load
+from service.registry import Registry, governance, schema, store
+from service.registry.schema import RegistryError
+from service.registry.store import Unavailable, open_store
+from service.registry.writer import LINGER, Writer
+from tests.conftest import CONFORMANCE, writes_held
+
+KEY = "registry-test-pseudonym-key-0123456789"
+TOKEN = "registry-test-admin-token-0123456789ab"
+SIGN = "/cds-services/ketamine-order-sign"
+#: today (the fixtures are dated to today), at a known time
+NOW = datetime.now(UTC).replace(hour=9, minute=30, second=0, microsecond=0)
+
+
+class Clock:
+    """A settable clock, so what is recorded carries known times."""
+
+    def __init__(self, now: datetime = NOW):
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_app(url: str, clock: Clock | None = None, **settings):
+    settings = {"auth": "off", "database_url": url, "pseudonym_key": KEY, **settings}
+    return create_app(Settings(**settings), clock=clock)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(database_url, clock):
+    app = make_app(database_url, clock, admin_token=TOKEN)
+    yield app
+    app.extensions["ketamine-cds.registry"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def registry_of(app) -> Registry:
+    return app.extensions["ketamine-cds.registry"]
+
+
+def evaluate(client) -> dict:
+    request, _ = load("clean-iv-ketamine-sign")
+    request["hookInstance"] = str(uuid.uuid4())
+    r = client.post(SIGN, json=request)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def feedback(client, *items, status=200) -> dict:
+    r = client.post(SIGN + "/feedback", json={"feedback": list(items)})
+    assert r.status_code == status, r.get_json()
+    return r.get_json()
+
+
+def accepted(card: dict, at: str = "2026-03-02T09:31:00Z") -> dict:
+    return {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": at,
+    }
+
+
+def overridden(card_uuid: str, code: str | None = None, comment: str | None = None) -> dict:
+    item = {"card": card_uuid, "outcome": "overridden", "outcomeTimestamp": "2026-03-02T09:32:00Z"}
+    if code or comment:
+        item["overrideReason"] = {}
+        if code:
+            item["overrideReason"]["reason"] = {"system": "urn:test:reasons", "code": code}
+        if comment:
+            item["overrideReason"]["userComment"] = comment
+    return item
+
+
+def exported(app) -> list[dict]:
+    registry = registry_of(app)
+    assert registry.flush()
+    return list(governance.export(registry.store))
+
+
+def table_text(app) -> str:
+    """Everything the registry holds, as one string: what a privacy check searches."""
+    out = []
+    with registry_of(app).store.reading() as conn:
+        for table in schema.metadata.sorted_tables:
+            out += [repr(tuple(row)) for row in conn.execute(select(table))]
+    return "\n".join(out)
+
+
+# -- what is recorded ---------------------------------------------------------------------
+
+
+def test_an_evaluation_records_what_the_clinical_spec_lists_and_nothing_else(app, client):
+    response = evaluate(client)
+    [record] = exported(app)
+    assert set(record) == {
+        "record",
+        "time",
+        "service",
+        "hook",
+        "hook_instance",
+        "patient_key",
+        "orders",
+        "findings",
+        "cards",
+        "policy_version",
+        "service_version",
+    }
+    expected_key = hmac.new(KEY.encode(), b"kcds-clean", hashlib.sha256).hexdigest()
+    assert record["patient_key"] == expected_key
+    assert record["time"] == NOW.strftime("%Y-%m-%dT09:30:00Z")
+    assert (record["service"], record["hook"]) == ("ketamine-order-sign", "order-sign")
+    assert record["orders"] == [
+        {"drug": "ketamine", "route": "iv", "dose_mg": 40.0, "dose_mg_per_kg": 0.5}
+    ]
+    fired = {c["extension"]["ketamine-cds.rules"][0]: c["indicator"] for c in response["cards"]}
+    assert {f["rule"]: f["severity"] for f in record["findings"]}.items() >= fired.items()
+    assert "R38" in fired
+    assert record["cards"] == [
+        {"uuid": c["uuid"], "rules": c["extension"]["ketamine-cds.rules"]}
+        for c in response["cards"]
+    ]
+    assert record["policy_version"] == app.extensions["ketamine-cds"].policy.version
+    assert record["service_version"] == __version__
+    stored = table_text(app)
+    for secret in ("kcds-clean", "Rivera", "Alex", "fixture-access-token", "Body weight"):
+        assert secret not in stored
+
+
+def test_the_pseudonym_is_stable_per_key_and_differs_between_keys(database_url):
+    one = Registry(open_store(database_url), b"a" * 32)
+    other = Registry(open_store(database_url), b"b" * 32)
+    assert one.pseudonym("p1") == one.pseudonym("p1") != one.pseudonym("p2")
+    assert one.pseudonym("p1") != other.pseudonym("p1")
+
+
+def test_spec_feedback_examples_are_stored_and_show_in_the_summary(app, client):
+    for name in ("21", "22", "23"):
+        body = json.loads(next(CONFORMANCE.glob(f"{name}-*.json")).read_text())
+        r = client.post(SIGN + "/feedback", json=body)
+        assert r.status_code == 200
+        assert r.get_json()["unknownCards"] == [body["feedback"][0]["card"]]
+    summary = governance.summary(registry_of(app).store)
+    assert (summary["feedback"], summary["feedback_on_unknown_cards"]) == (3, 3)
+    assert next(r for r in exported(app) if r["record"] == "feedback")["rules"] is None
+
+    # the same examples, answering cards this service gave: linked to the rule R38
+    cards = [evaluate(client)["cards"][0] for _ in range(3)]
+    registry_of(app).flush()
+    for card, name in zip(cards, ("21", "22", "23"), strict=True):
+        body = json.loads(next(CONFORMANCE.glob(f"{name}-*.json")).read_text())
+        body["feedback"][0]["card"] = card["uuid"]
+        assert feedback(client, *body["feedback"])["unknownCards"] == []
+    rules = governance.summary(registry_of(app).store)["rules"]
+    r38 = next(r for r in rules if r["rule"] == "R38")
+    assert r38 == {
+        "rule": "R38",
+        "fired": 3,
+        "accepted": 1,
+        "overridden": 2,
+        "top_override_reasons": [
+            {
+                "system": "https://example.com/cds-hooks/override-reason-system",
+                "code": "d7ecf885",
+                "count": 1,
+            }
+        ],
+    }
+
+
+def test_feedback_is_idempotent_and_answers_what_it_stored(app, client):
+    card = evaluate(client)["cards"][0]
+    registry_of(app).flush()
+    items = [accepted(card), overridden(card["uuid"], "d7ecf885")]
+    assert feedback(client, *items) == {"stored": 2, "repeated": 0, "unknownCards": []}
+    assert feedback(client, *items) == {"stored": 0, "repeated": 2, "unknownCards": []}
+    # the same instant written differently is the same item
+    assert feedback(client, accepted(card, "2026-03-02T10:31:00+01:00"))["repeated"] == 1
+    # a later outcome for the same card is a new item
+    assert feedback(client, accepted(card, "2026-03-02T09:40:00Z"))["stored"] == 1
+    assert len([r for r in exported(app) if r["record"] == "feedback"]) == 3
+
+
+def test_comments_are_stored_only_when_the_site_opts_in(database_url):
+    for store_comments, expected in ((False, None), (True, "patient declined")):
+        app = make_app(database_url, store_comments=store_comments)
+        client = app.test_client()
+        item = overridden(str(uuid.uuid4()), "x1", comment="patient declined")
+        feedback(client, item)
+        [record] = [r for r in exported(app) if r["card"] == item["card"]]
+        assert record["comment"] == expected
+        registry_of(app).close()
+
+
+def test_bad_feedback_is_a_specific_4xx_and_stores_nothing(app, client):
+    bad_time = overridden("c1") | {"outcomeTimestamp": "2026-13-45T10:00:00Z"}
+    body = feedback(client, overridden("c0"), bad_time, status=400)
+    assert body["field"] == "feedback[1].outcomeTimestamp"
+    no_suggestions = {
+        "card": "c",
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-03-02T09:31:00Z",
+    }
+    assert "acceptedSuggestions" in feedback(client, no_suggestions, status=400)["message"]
+    r = client.post(SIGN + "/feedback", data="{}", content_type="text/plain")
+    assert r.status_code == 415
+    r = client.post("/cds-services/nope/feedback", json={"feedback": [overridden("c")]})
+    assert r.status_code == 404
+    assert exported(app) == []
+
+
+def test_feedback_that_cannot_be_stored_is_a_503_not_a_200(app, client, monkeypatch):
+    def down(work, within):
+        raise Unavailable("down")
+
+    monkeypatch.setattr(registry_of(app).store, "write", down)
+    body = feedback(client, overridden("c"), status=503)
+    assert body["error"] == "registry_unavailable"
+
+
+# -- summary, exports, purge --------------------------------------------------------------
+
+
+def request_for(service_id: str, hook: str, patient: str) -> HookRequest:
+    context = {"patientId": patient}
+    return HookRequest(service_id, hook, str(uuid.uuid4()), context, {}, None, "http://x")
+
+
+def record(registry: Registry, orders, findings, card_rules) -> list[str]:
+    cards = [str(uuid.uuid4()) for _ in card_rules]
+    summary = {
+        "orders": [
+            {"drug": d, "route": r, "dose_mg": 40.0, "dose_mg_per_kg": None} for d, r in orders
+        ],
+        "findings": findings,
+        "cards": cards,
+        "card_rules": dict(zip(cards, card_rules, strict=True)),
+        "policy": "test-1",
+    }
+    registry.record(request_for("ketamine-order-sign", "order-sign", "p"), summary)
+    return cards
+
+
+def test_summary_counts_rules_outcomes_reasons_and_orders(database_url, clock):
+    registry = Registry(open_store(database_url), KEY.encode(), clock=clock)
+    clock.now = NOW - timedelta(days=10)
+    [old] = record(registry, [("ketamine", "iv")], [("R10", "warning")], [["R10"]])
+    clock.now = NOW
+    [both] = record(
+        registry,
+        [("ketamine", "iv"), ("esketamine", "nasal")],
+        [("R10", "warning"), ("R12", "critical")],
+        [["R10", "R12"]],
+    )
+    [plan] = record(registry, [("ketamine", None)], [("R38", "info")], [["R38"]])
+    registry.flush()
+    items = [
+        overridden(old, "a"),
+        overridden(both, "b"),
+        overridden(both, "b") | {"outcomeTimestamp": "2026-03-02T09:33:00Z"},
+        {"card": plan, "outcome": "accepted", "acceptedSuggestions": [{"id": "s"}]}
+        | {"outcomeTimestamp": "2026-03-02T09:31:00Z"},
+    ]
+    registry.feedback("ketamine-order-sign", items)
+    summary = governance.summary(registry.store)
+    rules = {r["rule"]: r for r in summary["rules"]}
+    assert {k: (v["fired"], v["accepted"], v["overridden"]) for k, v in rules.items()} == {
+        "R10": (2, 0, 2),
+        "R12": (1, 0, 1),  # a card carrying two rules counts for both
+        "R38": (1, 1, 0),
+    }
+    assert rules["R10"]["top_override_reasons"] == [
+        {"system": "urn:test:reasons", "code": "a", "count": 1},
+        {"system": "urn:test:reasons", "code": "b", "count": 1},
+    ]
+    assert summary["orders_evaluated"] == [
+        {"drug": "esketamine", "route": "nasal", "count": 1},
+        {"drug": "ketamine", "route": "iv", "count": 2},
+        {"drug": "ketamine", "route": None, "count": 1},
+    ]
+    recent = governance.summary(registry.store, since=NOW - timedelta(days=1))
+    assert recent["evaluations"] == 2 and recent["feedback"] == 4  # feedback received today
+    assert {r["rule"]: r["fired"] for r in recent["rules"]}["R10"] == 1
+    registry.close()
+
+
+def cli(database_url: str, *args: str, **env: str):
+    env = {"KCDS_DATABASE_URL": database_url, **env}
+    return CliRunner().invoke(main, ["registry", *args], env=env, catch_exceptions=False)
+
+
+def test_exports_round_trip_in_both_formats(app, client, clock, database_url, tmp_path):
+    clock.now = NOW - timedelta(days=3)
+    old = evaluate(client)["cards"][0]
+    clock.now = NOW
+    new = evaluate(client)["cards"][0]
+    registry_of(app).flush()
+    feedback(client, accepted(old), overridden(new["uuid"], "r1"), overridden("unknown", "r2"))
+    records = exported(app)
+    assert [r["record"] for r in records] == ["evaluation"] * 2 + ["feedback"] * 3
+
+    result = cli(database_url, "export", "--format", "ndjson")
+    assert result.exit_code == 0, result.output
+    assert [orjson.loads(line) for line in result.stdout.splitlines()] == records
+
+    out = tmp_path / "registry.csv"
+    assert cli(database_url, "export", "--format", "csv", "-o", str(out)).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text("utf-8"))))
+    lists = {"orders", "findings", "cards", "rules", "accepted_suggestions"}
+    read_back = [
+        {k: (orjson.loads(v) if k in lists else v) for k, v in row.items() if v != ""}
+        for row in rows
+    ]
+    assert read_back == [{k: v for k, v in r.items() if v is not None} for r in records]
+
+    since = cli(database_url, "export", "--since", (NOW - timedelta(days=1)).date().isoformat())
+    assert [orjson.loads(line)["record"] for line in since.stdout.splitlines()] == [
+        "evaluation",
+        "feedback",
+        "feedback",
+        "feedback",
+    ]
+    assert cli(database_url, "export", "--since", "last week").exit_code == 2
+
+
+def test_summary_from_the_command_line(app, client, database_url):
+    card = evaluate(client)["cards"][0]
+    registry_of(app).flush()
+    feedback(client, accepted(card))
+    result = cli(database_url, "summary")
+    assert result.exit_code == 0, result.output
+    assert "1 evaluations, 1 feedback items" in result.stdout
+    assert any(line.split()[:4] == ["R38", "1", "1", "0"] for line in result.stdout.splitlines())
+    as_json = orjson.loads(cli(database_url, "summary", "--format", "json").stdout)
+    assert as_json == governance.summary(registry_of(app).store)
+
+
+def test_purge_keeps_only_the_retention_period(app, client, clock, database_url):
+    clock.now = datetime.now(UTC) - timedelta(days=40)
+    old = evaluate(client)["cards"][0]
+    clock.now = datetime.now(UTC)
+    new = evaluate(client)["cards"][0]
+    registry_of(app).flush()
+    feedback(client, accepted(old), accepted(new))  # received now, about an old card
+    clock.now = datetime.now(UTC) - timedelta(days=35)
+    feedback(client, overridden("long-gone"))
+
+    assert "KCDS_RETENTION_DAYS is not set" in cli(database_url, "purge").output
+    result = cli(database_url, "purge", KCDS_RETENTION_DAYS="30")
+    assert result.exit_code == 0, result.output
+    assert "purged 1 evaluations and 2 feedback items" in result.stdout
+    records = exported(app)
+    assert [r["cards"][0]["uuid"] for r in records if r["record"] == "evaluation"] == [new["uuid"]]
+    assert [r["card"] for r in records if r["record"] == "feedback"] == [new["uuid"]]
+
+
+# -- the admin endpoint -------------------------------------------------------------------
+
+
+def test_registry_summary_endpoint_needs_the_admin_token(app, client):
+    evaluate(client)
+    registry_of(app).flush()
+    r = client.get("/registry/summary")
+    assert r.status_code == 401 and r.get_json()["error"] == "unauthorized"
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = client.get("/registry/summary", headers={"Authorization": "Bearer " + "x" * 38})
+    assert r.status_code == 403 and r.get_json()["error"] == "forbidden"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.get("/registry/summary", headers=auth)
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    assert r.get_json() == governance.summary(registry_of(app).store)
+    assert r.get_json()["evaluations"] == 1
+    tomorrow = (NOW + timedelta(days=1)).date().isoformat()
+    r = client.get(f"/registry/summary?since={tomorrow}", headers=auth)
+    assert r.get_json()["evaluations"] == 0
+    r = client.get("/registry/summary?since=yesterday", headers=auth)
+    assert r.status_code == 400 and r.get_json()["field"] == "since"
+
+
+def test_without_an_admin_token_there_is_no_summary_endpoint(database_url):
+    app = make_app(database_url)
+    r = app.test_client().get("/registry/summary", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 404
+    registry_of(app).close()
+
+
+# -- start-up -----------------------------------------------------------------------------
+
+
+def test_the_registry_refuses_to_start_without_a_key_outside_development(tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    with pytest.raises(ConfigError, match="KCDS_PSEUDONYM_KEY"):
+        Registry.open(Settings(auth="jwt", database_url=url))
+    development = Registry.open(Settings(auth="off", database_url=url))
+    assert development is not None
+    development.close()
+    with pytest.raises(ConfigError, match="KCDS_PSEUDONYM_KEY must be at least 32"):
+        Settings.from_env({"KCDS_PSEUDONYM_KEY": "short"})
+    with pytest.raises(ConfigError, match="KCDS_ADMIN_TOKEN must be at least 32"):
+        Settings.from_env({"KCDS_ADMIN_TOKEN": "short"})
+    with pytest.raises(ConfigError, match="KCDS_DATABASE_URL"):
+        Registry.open(Settings(auth="off", database_url="mysql://x/y"))
+    result = cli("mysql://x/y", "summary")
+    assert result.exit_code == 1 and "KCDS_DATABASE_URL must be" in result.output
+
+
+def test_settings_of_the_registry_from_the_environment():
+    settings = Settings.from_env(
+        {
+            "KCDS_PSEUDONYM_KEY": KEY,
+            "KCDS_ADMIN_TOKEN": TOKEN,
+            "KCDS_STORE_COMMENTS": "true",
+            "KCDS_RETENTION_DAYS": "365",
+        }
+    )
+    assert (settings.registry, settings.store_comments, settings.retention_days) == (
+        True,
+        True,
+        365,
+    )
+    assert KEY not in repr(settings) and TOKEN not in repr(settings)
+    defaults = Settings.from_env({})
+    assert (defaults.store_comments, defaults.retention_days, defaults.admin_token) == (
+        False,
+        None,
+        None,
+    )
+
+
+def test_with_the_registry_off_nothing_is_written(tmp_path):
+    url = f"sqlite:///{tmp_path}/off.db"
+    app = make_app(url, registry=False, pseudonym_key=None)
+    client = app.test_client()
+    evaluate(client)
+    assert feedback(client, overridden("c")) == {}
+    assert not (tmp_path / "off.db").exists()
+
+
+# -- migrations ---------------------------------------------------------------------------
+
+
+def test_a_fresh_database_is_created_and_stamped_and_reopening_changes_nothing(database_url):
+    for _ in range(2):
+        registry_store = open_store(database_url)
+        with registry_store.reading() as conn:
+            assert conn.execute(select(schema.schema_version.c.version)).scalars().all() == [1]
+            tables = set(inspect(conn).get_table_names())
+        assert {t.name for t in schema.metadata.sorted_tables} <= tables
+
+
+def test_instances_starting_together_migrate_once(database_url):
+    with ThreadPoolExecutor(6) as pool:
+        stores = list(pool.map(lambda _: open_store(database_url), range(6)))
+    with stores[0].reading() as conn:
+        assert conn.scalar(select(func.count()).select_from(schema.schema_version)) == 1
+
+
+def test_an_older_schema_is_migrated_and_a_newer_one_refused(database_url, monkeypatch):
+    open_store(database_url)
+
+    def add_site(conn):
+        conn.execute(text("ALTER TABLE kcds_evaluation ADD COLUMN site TEXT"))
+
+    monkeypatch.setattr(schema, "LATEST", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", {2: add_site})
+    migrated = open_store(database_url)
+    with migrated.reading() as conn:
+        assert conn.execute(select(schema.schema_version.c.version)).scalars().all() == [1, 2]
+        assert "site" in {c["name"] for c in inspect(conn).get_columns("kcds_evaluation")}
+    monkeypatch.setattr(schema, "LATEST", 1)
+    with pytest.raises(RegistryError, match="schema version 2, newer"):
+        open_store(database_url)
+
+
+# -- the hook never waits for the database ------------------------------------------------
+
+
+def test_a_locked_database_neither_slows_the_hook_nor_fails_feedback(database_url, monkeypatch):
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.2)  # the lock outlasts several attempts
+    app = make_app(database_url)
+    client = app.test_client()
+    card = evaluate(client)["cards"][0]
+    registry_of(app).flush()  # the writer thread and its connection exist
+    held = threading.Event()
+
+    def hold() -> None:
+        with writes_held(database_url):
+            held.set()
+            time.sleep(1.5)
+
+    threading.Thread(target=hold).start()
+    assert held.wait(5)
+    started = time.perf_counter()
+    during = evaluate(client)
+    assert time.perf_counter() - started < 0.5  # the hook did not wait for the lock
+    assert feedback(client, accepted(card))["stored"] == 1  # waited for the lock, then stored
+    assert time.perf_counter() - started >= 1.3
+    stored = [r["cards"][0]["uuid"] for r in exported(app) if r["record"] == "evaluation"]
+    assert during["cards"][0]["uuid"] in stored
+    registry_of(app).close()
+
+
+def test_the_writer_batches_drops_when_full_retries_and_flushes_on_close():
+    written: list[int] = []
+    gate = threading.Event()
+    failures = [Unavailable("down")] * 2
+
+    def write(batch):
+        gate.wait()
+        if failures:
+            raise failures.pop()
+        written.extend(batch)
+
+    writer = Writer(write, capacity=3)
+    assert writer.put(0)
+    time.sleep(LINGER + 0.15)  # 0 is in flight, waiting at the gate
+    assert all(writer.put(i) for i in (1, 2, 3))
+    assert not writer.put(4) and writer.dropped == 1
+    gate.set()
+    assert writer.flush(timeout=5)
+    assert written == [0, 1, 2, 3]
+    assert all(writer.put(i) for i in (5, 6, 7))
+    writer.close(timeout=5)
+    assert written == [0, 1, 2, 3, 5, 6, 7] and not writer.put(8)
