@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import click
-import orjson
 
 from . import __version__
+from .cli_tools import register as register_tools
+from .registry.cli import registry
 
 
 @click.group()
@@ -45,46 +45,8 @@ def serve(host: str, port: int, workers: int | None) -> None:
     os.execv(sys.executable, args)
 
 
-@main.command()
-@click.argument("request_file", type=click.Path(allow_dash=True))
-@click.option(
-    "--service",
-    "service_id",
-    default=None,
-    help="Service id (default: the one whose hook matches the request).",
-)
-def evaluate(request_file: str, service_id: str | None) -> None:
-    """Run one hook request through the service offline and print the response JSON.
-
-    REQUEST_FILE is a CDS Hooks request (a fixture's dates are moved to today); - reads stdin.
-    """
-    from cds_hooks.errors import CDSHooksError
-    from cds_hooks.service import ServiceCatalog, handle
-
-    from .app import build_engine
-    from .config import Settings
-    from .fixtures import dated
-
-    raw = sys.stdin.buffer.read() if request_file == "-" else Path(request_file).read_bytes()
-    try:
-        body = dated(orjson.loads(raw))
-    except orjson.JSONDecodeError as exc:
-        raise click.ClickException(f"{request_file} is not valid JSON: {exc}") from None
-    engine = build_engine(Settings.from_env())
-    catalog = ServiceCatalog(engine.services())
-    if service_id is None:
-        hook = body.get("hook") if isinstance(body, dict) else None
-        matches = [s.id for s in catalog if s.hook == hook]
-        if not matches:
-            raise click.ClickException(f"no service answers hook {hook!r}; use --service")
-        service_id = matches[0]
-    try:
-        _, response = handle(catalog.get(service_id), body, None, "http://localhost:8080")
-    except CDSHooksError as exc:
-        click.echo(orjson.dumps(exc.to_json(), option=orjson.OPT_INDENT_2).decode(), err=True)
-        sys.exit(2)
-    click.echo(orjson.dumps(response.to_json(), option=orjson.OPT_INDENT_2).decode())
-
+main.add_command(registry)
+register_tools(main)
 
 if __name__ == "__main__":
     main()
