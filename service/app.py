@@ -5,51 +5,120 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, redirect, render_template, url_for
 
+from cds_hooks.auth import JwtAuthenticator, JwtPolicy
+from cds_hooks.errors import CDSHooksError
 from cds_hooks.fhir import FetchSettings, FhirClient
 from cds_hooks.http import ProtocolSettings, create_blueprint, install, json_response
 from cds_hooks.service import ServiceCatalog
+from cds_hooks.validation import InputLimits
 
 from . import __version__, logs, policy
-from .config import Settings
-from .hooks import Clock, KetamineCDS
+from .config import ConfigError, Settings
+from .hooks import Clock, KetamineCDS, Recorder
+from .preview import preview_blueprint, preview_enabled
+from .registry import Registry
+from .registry.admin import admin_blueprint
+from .rulebook import catalogue
+from .rules import RULES
 from .terminology import Terminology, load_yaml
 
 log = logging.getLogger("service.app")
 
 
-def build_engine(settings: Settings, clock: Clock | None = None) -> KetamineCDS:
+def build_engine(
+    settings: Settings, clock: Clock | None = None, recorder: Recorder | None = None
+) -> KetamineCDS:
     """The ketamine service without HTTP: policy and value sets loaded and validated."""
     site = policy.load(settings.policy_file)
     terminology = Terminology(load_yaml("valuesets.yaml"), site.extra_codes, site.extra_drugs)
-    return KetamineCDS(terminology, site, clock=clock)
+    return KetamineCDS(terminology, site, clock=clock, recorder=recorder)
+
+
+def authenticator(settings: Settings) -> JwtAuthenticator:
+    """The caller JWT check of KCDS_AUTH=jwt; a ConfigError when it cannot work."""
+    if not settings.trusted_issuers:
+        raise ConfigError(
+            "KCDS_AUTH=jwt (the default) needs KCDS_TRUSTED_ISSUERS, a JSON object of the "
+            "trusted issuers and their JWK Sets (see the README); KCDS_AUTH=off is for "
+            "development only"
+        )
+    policy = JwtPolicy(
+        clock_skew=settings.jwt_clock_skew,
+        max_age=settings.jwt_max_age,
+        jwks_ttl=settings.jwks_cache_ttl,
+    )
+    try:
+        return JwtAuthenticator(settings.trusted_issuers, policy)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"KCDS_TRUSTED_ISSUERS: a jwks_file is unusable ({exc})") from None
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Flask:
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
-    engine = build_engine(settings, clock)
-    if settings.auth == "off":
+    registry = Registry.open(settings, clock)
+    engine = build_engine(settings, clock, registry.record if registry else None)
+    authenticate = authenticator(settings) if settings.auth == "jwt" else None
+    if authenticate is None:
         log.warning("KCDS_AUTH=off: callers are NOT authenticated; development use only")
     catalog = ServiceCatalog(engine.services())
+    limits = InputLimits(max_entries=settings.max_prefetch_resources)
     client = FhirClient(
-        FetchSettings(timeout=settings.fhir_timeout, max_pages=settings.fhir_max_pages)
+        FetchSettings(
+            timeout=settings.fhir_timeout,
+            max_pages=settings.fhir_max_pages,
+            max_bytes=settings.fhir_max_bytes,
+            allowed_servers=settings.fhir_servers(),
+            limits=limits,
+        )
     )
     protocol = ProtocolSettings(
-        public_url=settings.public_url, max_body_bytes=settings.max_body_bytes
+        public_url=settings.public_url,
+        max_body_bytes=settings.max_body_bytes,
+        limits=limits,
+        cors_origins=settings.cors_origins,
+        title="ketamine-cds",
+        version=__version__,
     )
 
-    def feedback(service_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def discard(service_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The feedback sink with KCDS_REGISTRY=off: acknowledged, counted in the log only."""
         log.info("feedback", extra={"fields": {"service_id": service_id, "items": len(items)}})
         return {}
 
-    app = Flask("ketamine-cds")
-    install(app, create_blueprint(catalog, protocol, client, feedback), protocol)
+    sink = registry.feedback if registry else discard
+    app = Flask(__name__)
+    install(app, create_blueprint(catalog, protocol, client, sink, authenticate), protocol)
     app.extensions["ketamine-cds"] = engine
+    app.extensions["ketamine-cds.registry"] = registry
+    if preview_enabled(settings):  # the card preview page (KCDS_PREVIEW)
+        # the same rules and policy, but previews are not treatments: nothing is recorded
+        unrecorded = KetamineCDS(engine.terminology, engine.policy, clock=clock)
+        codes = sorted(engine.builder.observation_codes)
+        app.register_blueprint(
+            preview_blueprint(ServiceCatalog(unrecorded.services()), settings, codes)
+        )
+    if registry and settings.admin_token:
+        app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
 
     @app.get("/health/live")
     def live():
         return json_response({"status": "ok", "version": __version__})
+
+    @app.get("/rules")
+    def rules_page():
+        return render_template("rules.html", cat=catalogue(engine.policy))
+
+    @app.get("/rules.json")
+    def rules_json():
+        return json_response(catalogue(engine.policy))
+
+    @app.get("/rules/<rule_id>")
+    def rule_page(rule_id: str):
+        if rule_id not in RULES:
+            raise CDSHooksError(404, "unknown_rule", f"no rule with id {rule_id!r}")
+        return redirect(f"{url_for('rules_page')}#{rule_id}")
 
     return app

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from cds_hooks.auth import TrustedIssuer, parse_trusted_issuers
+from cds_hooks.fhir import AllowedServers
+
+#: fhirServer prefixes allowed by default: any https server, and loopback http without auth
+HTTPS_ANY = ("https://",)
+LOOPBACK_HTTP = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 
 
 class ConfigError(ValueError):
@@ -30,9 +38,63 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
     return value
 
 
+def _list(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A comma- or space-separated list."""
+    return tuple((env.get(name) or "").replace(",", " ").split())
+
+
+def _issuers(env: dict[str, str]) -> tuple[TrustedIssuer, ...]:
+    raw = env.get("KCDS_TRUSTED_ISSUERS") or ""
+    try:
+        return parse_trusted_issuers(raw) if raw.strip() else ()
+    except ValueError as exc:
+        raise ConfigError(f"KCDS_TRUSTED_ISSUERS {exc}") from None
+
+
+def _origins(env: dict[str, str]) -> tuple[str, ...]:
+    origins = _list(env, "KCDS_CORS_ORIGINS")
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError("KCDS_CORS_ORIGINS is either * alone or a list of origins")
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (
+            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+        ):
+            raise ConfigError(f"KCDS_CORS_ORIGINS: {origin!r} is not an origin (scheme://host)")
+    return origins
+
+
+def _secret(env: dict[str, str], name: str) -> str | None:
+    """A key or token: at least 32 characters, so that it cannot be guessed."""
+    value = (env.get(name) or "").strip()
+    if value and len(value) < 32:
+        raise ConfigError(
+            f"{name} must be at least 32 characters "
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)"
+        )
+    return value or None
+
+
+def _fhir_allowed(env: dict[str, str]) -> tuple[str, ...]:
+    prefixes = _list(env, "KCDS_FHIR_ALLOWED")
+    try:
+        AllowedServers(prefixes)
+    except ValueError as exc:
+        raise ConfigError(f"KCDS_FHIR_ALLOWED: {exc}") from None
+    return prefixes
+
+
 @dataclass(frozen=True)
 class Settings:
-    auth: str = "off"
+    auth: str = "jwt"
+    trusted_issuers: tuple[TrustedIssuer, ...] = ()
+    jwt_clock_skew: float = 30.0
+    jwt_max_age: float = 3600.0
+    jwks_cache_ttl: float = 600.0
+    cors_origins: tuple[str, ...] = ()
+    fhir_allowed: tuple[str, ...] = ()  # empty: the default, see fhir_servers()
+    fhir_max_bytes: int = 20 * 1024 * 1024
+    max_prefetch_resources: int = 5000
     fhir_timeout: float = 3.0
     fhir_max_pages: int = 20
     max_body_bytes: int = 5 * 1024 * 1024
@@ -40,12 +102,35 @@ class Settings:
     public_url: str | None = None
     policy_file: str | None = None
     log_level: str = "INFO"
+    registry: bool = True
+    pseudonym_key: str | None = field(default=None, repr=False)
+    store_comments: bool = False
+    retention_days: int | None = None
+    admin_token: str | None = field(default=None, repr=False)
+
+    def fhir_servers(self) -> tuple[str, ...]:
+        """KCDS_FHIR_ALLOWED, else any https server, plus loopback http when auth is off."""
+        if self.fhir_allowed:
+            return self.fhir_allowed
+        return HTTPS_ANY + (LOOPBACK_HTTP if self.auth == "off" else ())
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         return cls(
-            auth=_choice(env, "KCDS_AUTH", "off", ("off", "jwt")),
+            auth=_choice(env, "KCDS_AUTH", "jwt", ("off", "jwt")),
+            trusted_issuers=_issuers(env),
+            jwt_clock_skew=_number(env, "KCDS_JWT_CLOCK_SKEW", 30, 0, 300),
+            jwt_max_age=_number(env, "KCDS_JWT_MAX_AGE", 3600, 60, 86400),
+            jwks_cache_ttl=_number(env, "KCDS_JWKS_CACHE_TTL", 600, 0, 86400),
+            cors_origins=_origins(env),
+            fhir_allowed=_fhir_allowed(env),
+            fhir_max_bytes=int(
+                _number(env, "KCDS_FHIR_MAX_BYTES", 20 * 1024 * 1024, 1024, 1024 * 1024 * 1024)
+            ),
+            max_prefetch_resources=int(
+                _number(env, "KCDS_MAX_PREFETCH_RESOURCES", 5000, 1, 1_000_000)
+            ),
             fhir_timeout=_number(env, "KCDS_FHIR_TIMEOUT", 3.0, 0.1, 60),
             fhir_max_pages=int(_number(env, "KCDS_FHIR_MAX_PAGES", 20, 1, 1000)),
             max_body_bytes=int(
@@ -55,4 +140,10 @@ class Settings:
             public_url=(env.get("KCDS_PUBLIC_URL") or "").rstrip("/") or None,
             policy_file=env.get("KCDS_POLICY_FILE") or None,
             log_level=_choice(env, "KCDS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+            registry=_choice(env, "KCDS_REGISTRY", "on", ("on", "off")) == "on",
+            pseudonym_key=_secret(env, "KCDS_PSEUDONYM_KEY"),
+            store_comments=_choice(env, "KCDS_STORE_COMMENTS", "false", ("true", "false"))
+            == "true",
+            retention_days=int(_number(env, "KCDS_RETENTION_DAYS", 0, 1, 36500)) or None,
+            admin_token=_secret(env, "KCDS_ADMIN_TOKEN"),
         )
