@@ -13,6 +13,7 @@ def test_committed_fixtures_are_current(tmp_path):
     # build.py writes next to itself: run a copy and compare with the committed files
     for name in ("builder.py", "catalogue.py", "build.py"):
         (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "synthea").symlink_to(ROOT / "synthea")
     subprocess.run([sys.executable, str(tmp_path / "build.py")], check=True, capture_output=True)
     for name in names():
         for part in ("request.json", "expected.json"):
