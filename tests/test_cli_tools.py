@@ -14,7 +14,7 @@ from service.fixtures import ROOT, load, names
 from service.rulebook import catalogue
 from service.rules import RULES
 
-SAMPLES = ROOT.parent.parent / "shared" / "fhir-r4-samples"
+SAMPLES = ROOT / "synthea"  # Synthea patients copied with their attribution
 
 
 def run(*args: str, input: bytes | str | None = None, **env: str):
@@ -171,7 +171,6 @@ def test_request_build_refuses_data_without_a_patient(tmp_path):
     assert result.exit_code == 2 and "no Patient" in result.output
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no sample patients at {SAMPLES}")
 def test_request_build_from_a_synthea_sample():
     sample = sorted(SAMPLES.glob("*.json"))[0]
     built = run("request", "build", "--patient", str(sample), "--ketamine", "35")
