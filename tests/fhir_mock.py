@@ -6,16 +6,9 @@ import orjson
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-TYPE_OF_KEY = {
-    "patient": "Patient",
-    "conditions": "Condition",
-    "medicationRequests": "MedicationRequest",
-    "medicationStatements": "MedicationStatement",
-    "medicationAdministrations": "MedicationAdministration",
-    "observations": "Observation",
-    "allergies": "AllergyIntolerance",
-    "procedures": "Procedure",
-}
+from service.convert import KEY_OF_TYPE
+
+TYPE_OF_KEY = {key: kind for kind, key in KEY_OF_TYPE.items()}
 
 
 def serve_prefetch(server: HTTPServer, prefetch: dict, token: str | None, seen: list) -> str:

@@ -11,19 +11,12 @@ from cds_hooks.service import ServiceCatalog, handle
 from cds_hooks.validation import validator
 from service.app import build_engine
 from service.config import Settings
+from service.convert import KEY_OF_TYPE
 from service.fixtures import card_rules, load
 
 ENGINE = build_engine(Settings())
 CATALOG = ServiceCatalog(ENGINE.services())
-KEY_TYPES = {
-    "conditions": "Condition",
-    "medicationRequests": "MedicationRequest",
-    "medicationStatements": "MedicationStatement",
-    "medicationAdministrations": "MedicationAdministration",
-    "observations": "Observation",
-    "allergies": "AllergyIntolerance",
-    "procedures": "Procedure",
-}
+KEY_TYPES = {key: kind for kind, key in KEY_OF_TYPE.items() if kind != "Patient"}
 
 
 def evaluate(request, service="ketamine-order-sign"):
