@@ -14,8 +14,8 @@ token is accepted only when every check passes, in this order:
    the age bound (each with a small clock skew); ``tenant`` is allowed where the issuer
    lists tenants;
 5. the ``jti`` has not been seen from that issuer while the token could still be valid
-   (a :class:`ReplayCache`; the in-process one here, a shared store when several instances
-   run).
+   (a :class:`ReplayCache`: the in-process one here, or a shared store from
+   :mod:`cds_hooks.replay` when several workers or instances run).
 
 A refusal is a 401 whose body never says which check failed; the log line says which, and
 never contains the token.
@@ -59,12 +59,49 @@ JwksLoader = Callable[[str], Any]
 Clock = Callable[[], float]
 
 
-class AuthenticationError(CDSHooksError):
-    """A refused caller: a 401 whose body never says why; ``reason`` is for the log only."""
+#: every refusal reason without a value in it: what metrics may count refusals by
+FAILURE_REASONS = frozenset(
+    {
+        "no bearer token",
+        "token too large",
+        "malformed token",
+        "algorithm refused",
+        "typ is not JWT",
+        "no kid",
+        "untrusted issuer",
+        "jku not on the issuer's allow-list",
+        "no jku and no JWK Set configured for the issuer",
+        "kid not in the issuer's JWK Set",
+        "key does not fit the token's algorithm",
+        "unusable key in the JWK Set",
+        "signature does not verify",
+        "aud is not the invoked URL",
+        "key too weak",
+        "algorithm does not match the key",
+        "invalid token",
+        *(f"{claim} missing" for claim in ("iss", "aud", "exp", "iat", "jti")),
+        *(f"{claim} is not a number" for claim in ("exp", "iat", "nbf")),
+        "expired",
+        "iat in the future",
+        "iat older than the age bound",
+        "not valid yet (nbf)",
+        "tenant not allowed for the issuer",
+        "jti is not a short string",
+        "jti replayed",
+    }
+)
 
-    def __init__(self, reason: str):
+
+class AuthenticationError(CDSHooksError):
+    """A refused caller: a 401 whose body never says why; ``reason`` is for the log only,
+    ``code`` is the reason without the caller's values in it (one of
+    :data:`FAILURE_REASONS`, or ``other``)."""
+
+    def __init__(self, reason: str, code: str | None = None):
         super().__init__(401, "unauthorized", "the caller could not be authenticated")
         self.reason = reason
+        code = code or reason
+        self.code = code if code in FAILURE_REASONS else "other"
         self.issuer: str | None = None  # set once the token's issuer is known to be trusted
 
 
@@ -350,7 +387,7 @@ class JwtAuthenticator:
         header, claims = unverified["header"], unverified["payload"]
         alg = header.get("alg")
         if alg not in ALGORITHMS:
-            raise AuthenticationError(f"algorithm {_short(alg)} refused")
+            raise AuthenticationError(f"algorithm {_short(alg)} refused", "algorithm refused")
         if str(header.get("typ", "JWT")).upper() != "JWT":
             raise AuthenticationError("typ is not JWT")
         kid = header.get("kid")
@@ -359,7 +396,7 @@ class JwtAuthenticator:
         iss = claims.get("iss") if isinstance(claims, dict) else None
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            raise AuthenticationError(f"untrusted issuer {_short(iss)}")
+            raise AuthenticationError(f"untrusted issuer {_short(iss)}", "untrusted issuer")
         try:
             return self._verify_signed(token, header, issuer, audience)
         except AuthenticationError as exc:

@@ -21,6 +21,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from .observer import Observer
 from .prefetch import KeyResult, bundle_resources, next_link
 from .validation import InputLimits, field_path, limit_violation
 
@@ -70,8 +71,11 @@ class AllowedServers:
 class FhirClient:
     """Reads from a client's FHIR server on behalf of one CDS request at a time."""
 
-    def __init__(self, settings: FetchSettings, pool_size: int = 16):
+    def __init__(
+        self, settings: FetchSettings, pool_size: int = 16, observer: Observer | None = None
+    ):
         self.settings = settings
+        self.observer = observer or Observer()
         self.allowed = AllowedServers(settings.allowed_servers)
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
@@ -97,23 +101,32 @@ class FhirClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         base = base.rstrip("/") + "/"
+        started = time.monotonic()
         jobs = {
-            key: self.executor.submit(self._fetch_key, base, url, headers, deadline, None)
+            key: self.executor.submit(self._timed, base, url, headers, deadline, None)
             for key, url in wanted.items()
         }
         for key, result in partial.items():
             jobs[key] = self.executor.submit(
-                self._fetch_key, base, result.next_url, headers, deadline, result
+                self._timed, base, result.next_url, headers, deadline, result
             )
         done, _ = wait(jobs.values(), timeout=max(0.0, deadline - time.monotonic()) + 0.05)
         out: dict[str, KeyResult] = {}
         for key, future in jobs.items():
             if future in done:
-                out[key] = future.result()
+                out[key], seconds = future.result()
+                self.observer.fetch_done(key, _outcome(out[key]), seconds)
             else:
                 future.cancel()
                 out[key] = _degrade(partial.get(key), "time budget exceeded")
+                self.observer.fetch_done(key, "timeout", time.monotonic() - started)
         return out
+
+    def _timed(self, *args: Any) -> tuple[KeyResult, float]:
+        """:meth:`_fetch_key`, and the seconds it took."""
+        started = time.monotonic()
+        result = self._fetch_key(*args)
+        return result, time.monotonic() - started
 
     def _fetch_key(
         self,
@@ -201,6 +214,15 @@ class FhirClient:
 def _same_server(base: str, url: str) -> bool:
     b, u = urlsplit(base), urlsplit(url)
     return (b.scheme, b.netloc) == (u.scheme, u.netloc) and u.path.startswith(b.path.rstrip("/"))
+
+
+def _outcome(result: KeyResult) -> str:
+    """The observer's outcome (:data:`cds_hooks.observer.FETCH_OUTCOMES`) of a fetched key."""
+    if result.status == "empty":
+        return "empty"
+    if result.status == "unavailable":
+        return "timeout" if result.reason == "time budget exceeded" else "failed"
+    return "ok" if result.complete else "incomplete"
 
 
 def _degrade_with(resources: list[dict[str, Any]], reason: str) -> KeyResult:

@@ -14,9 +14,10 @@ from flask import Blueprint, Flask, Request, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from . import openapi
-from .auth import Caller
+from .auth import AuthenticationError, Caller
 from .errors import CDSHooksError, bad_request
 from .fhir import FhirClient
+from .observer import Observer
 from .service import ServiceCatalog, handle
 from .validation import InputLimits, check, check_limits
 
@@ -42,6 +43,7 @@ class ProtocolSettings:
     cors_origins: tuple[str, ...] = ()
     title: str = "CDS Hooks services"  # for the OpenAPI description
     version: str = "0"
+    observer: Observer = field(default_factory=Observer)  # metrics: see cds_hooks.observer
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -96,7 +98,11 @@ def create_blueprint(
 
     def authorise(path: str) -> None:
         if authenticate is not None:
-            caller = authenticate(request, base_url() + path)
+            try:
+                caller = authenticate(request, base_url() + path)
+            except AuthenticationError as exc:
+                settings.observer.auth_failed(exc.code)
+                raise
             g.iss, g.tenant = caller.issuer, caller.tenant
 
     @bp.before_request
@@ -143,6 +149,7 @@ def create_blueprint(
             g.hook_instance = body["hookInstance"][:64]
         hook_request, response = handle(service, body, fhir_client, base_url(), settings.limits)
         g.log_fields = hook_request.log_fields
+        settings.observer.cards_returned(service.id, response.cards)
         return json_response(response.to_json())
 
     @bp.post("/cds-services/<service_id>/feedback")
@@ -202,12 +209,18 @@ def install(app: Flask, blueprint: Blueprint, settings: ProtocolSettings) -> Non
     @app.after_request
     def _access_log(response: Response) -> Response:
         started = g.get("started")
+        seconds = time.perf_counter() - started if started else None
+        route = request.url_rule.rule if request.url_rule else "unmatched"
         fields = {
             "method": request.method,
-            "path": request.url_rule.rule if request.url_rule else "unmatched",
+            "path": route,
             "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2) if started else None,
+            "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
         }
+        if seconds is not None:
+            settings.observer.request_done(
+                route, g.get("service_id"), response.status_code, seconds
+            )
         for name in ("service_id", "hook_instance", "iss", "tenant", "error"):
             if g.get(name):
                 fields[name] = g.get(name)

@@ -11,12 +11,15 @@ from cds_hooks.auth import JwtAuthenticator, JwtPolicy
 from cds_hooks.errors import CDSHooksError
 from cds_hooks.fhir import FetchSettings, FhirClient
 from cds_hooks.http import ProtocolSettings, create_blueprint, install, json_response
+from cds_hooks.replay import open_replay_cache
 from cds_hooks.service import ServiceCatalog
 from cds_hooks.validation import InputLimits
 
 from . import __version__, logs, policy
 from .config import ConfigError, Settings
+from .health import health_blueprint
 from .hooks import Clock, KetamineCDS, Recorder
+from .metrics import Metrics, metrics_blueprint
 from .preview import preview_blueprint, preview_enabled
 from .registry import Registry
 from .registry.admin import admin_blueprint
@@ -50,7 +53,11 @@ def authenticator(settings: Settings) -> JwtAuthenticator:
         jwks_ttl=settings.jwks_cache_ttl,
     )
     try:
-        return JwtAuthenticator(settings.trusted_issuers, policy)
+        replay = open_replay_cache(settings.replay_cache)
+    except Exception as exc:  # unreachable at start: say which setting, not the URL
+        raise ConfigError(f"KCDS_REPLAY_CACHE is unusable ({type(exc).__name__})") from None
+    try:
+        return JwtAuthenticator(settings.trusted_issuers, policy, replay=replay)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"KCDS_TRUSTED_ISSUERS: a jwks_file is unusable ({exc})") from None
 
@@ -65,6 +72,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         log.warning("KCDS_AUTH=off: callers are NOT authenticated; development use only")
     catalog = ServiceCatalog(engine.services())
     limits = InputLimits(max_entries=settings.max_prefetch_resources)
+    observer = Metrics(
+        routes=(),  # the app's route templates, filled in once all routes are registered
+        services=[s.id for s in catalog],
+        keys={key for s in catalog for key in s.prefetch},
+    )
     client = FhirClient(
         FetchSettings(
             timeout=settings.fhir_timeout,
@@ -72,7 +84,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             max_bytes=settings.fhir_max_bytes,
             allowed_servers=settings.fhir_servers(),
             limits=limits,
-        )
+        ),
+        observer=observer,
     )
     protocol = ProtocolSettings(
         public_url=settings.public_url,
@@ -81,6 +94,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         cors_origins=settings.cors_origins,
         title="ketamine-cds",
         version=__version__,
+        observer=observer,
     )
 
     def discard(service_id: str, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -102,10 +116,17 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         )
     if registry and settings.admin_token:
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
-
-    @app.get("/health/live")
-    def live():
-        return json_response({"status": "ok", "version": __version__})
+    # probes and metrics: no caller JWT (see service.health, service.metrics)
+    checks = {"policy": lambda: _loaded(engine)}
+    if registry:
+        checks["registry"] = registry.ping
+        registry.on_failure = observer.registry_failed
+    replay = getattr(authenticate, "replay", None)
+    if callable(getattr(replay, "ping", None)):
+        checks["replay_cache"] = replay.ping
+    app.register_blueprint(health_blueprint(checks))
+    app.register_blueprint(metrics_blueprint(settings.metrics_token))
+    Metrics.started(__version__, engine.policy.version)
 
     @app.get("/rules")
     def rules_page():
@@ -121,4 +142,11 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             raise CDSHooksError(404, "unknown_rule", f"no rule with id {rule_id!r}")
         return redirect(f"{url_for('rules_page')}#{rule_id}")
 
+    observer.routes = frozenset(rule.rule for rule in app.url_map.iter_rules()) | {"unmatched"}
     return app
+
+
+def _loaded(engine: KetamineCDS) -> None:
+    """Raises unless the policy and the value sets are loaded."""
+    if not engine.policy.version or not engine.terminology.valuesets:
+        raise RuntimeError("policy or value sets not loaded")

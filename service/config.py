@@ -75,6 +75,27 @@ def _secret(env: dict[str, str], name: str) -> str | None:
     return value or None
 
 
+def _replay_cache(env: dict[str, str]) -> str:
+    """KCDS_REPLAY_CACHE: memory, a redis://, postgresql:// or sqlite:/// URL, or registry
+    (the registry's database, KCDS_DATABASE_URL: PostgreSQL, or SQLite for one host).
+
+    Unset, it is ``registry`` while the registry is on: a per-process memory cache would let
+    a token replayed against another gunicorn worker through, so shared is the safe default.
+    """
+    registry_on = (env.get("KCDS_REGISTRY") or "on") == "on"
+    value = (env.get("KCDS_REPLAY_CACHE") or ("registry" if registry_on else "memory")).strip()
+    if value == "registry":  # KCDS_DATABASE_URL is checked (and named) by the registry
+        return env.get("KCDS_DATABASE_URL") or "sqlite:///./ketamine-cds.db"
+    scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
+    known = ("redis", "rediss", "unix", "postgresql", "postgres", "sqlite")
+    if value != "memory" and (scheme not in known or "://" not in value):
+        raise ConfigError(
+            "KCDS_REPLAY_CACHE must be memory, registry, redis://host:6379/0, "
+            f"postgresql://… or sqlite:///path.db, not {scheme!r}"
+        )
+    return value
+
+
 def _fhir_allowed(env: dict[str, str]) -> tuple[str, ...]:
     prefixes = _list(env, "KCDS_FHIR_ALLOWED")
     try:
@@ -107,6 +128,8 @@ class Settings:
     store_comments: bool = False
     retention_days: int | None = None
     admin_token: str | None = field(default=None, repr=False)
+    replay_cache: str = field(default="memory", repr=False)  # a URL may hold a password
+    metrics_token: str | None = field(default=None, repr=False)
 
     def fhir_servers(self) -> tuple[str, ...]:
         """KCDS_FHIR_ALLOWED, else any https server, plus loopback http when auth is off."""
@@ -146,4 +169,6 @@ class Settings:
             == "true",
             retention_days=int(_number(env, "KCDS_RETENTION_DAYS", 0, 1, 36500)) or None,
             admin_token=_secret(env, "KCDS_ADMIN_TOKEN"),
+            replay_cache=_replay_cache(env),
+            metrics_token=_secret(env, "KCDS_METRICS_TOKEN"),
         )

@@ -1,14 +1,91 @@
-"""gunicorn settings from the environment, with defaults for a 2-core container."""
+"""gunicorn settings from the environment, with defaults for a 2-core container.
+
+Defaults (each overridable; the README's configuration table lists them):
+
+- ``KCDS_WORKERS=2``: one process per core. A hook answer is ~2 ms of CPU in Python, so more
+  processes than cores only add memory (~80 MB each) and contention.
+- ``KCDS_THREADS=4`` (gthread workers): a request that fetches from the EHR's FHIR server
+  waits up to ``KCDS_FHIR_TIMEOUT`` on the network; with threads the worker answers other
+  calls meanwhile. ``KCDS_THREADS=1`` gives the sync worker.
+- ``KCDS_WORKER_TIMEOUT=30``: a worker silent that long is killed and replaced.
+- ``KCDS_GRACEFUL_TIMEOUT=20``: on SIGTERM (a rolling update, ``docker stop``, a scale-down)
+  the workers stop accepting, finish their in-flight requests, write the registry queue
+  (at most 10 s, see ``service.registry``) and exit; whatever still runs after this long is
+  killed. Keep the orchestrator's grace period above it (Kubernetes:
+  ``terminationGracePeriodSeconds`` 30; ``docker stop -t 30``).
+- ``KCDS_MAX_REQUESTS=5000`` / ``KCDS_MAX_REQUESTS_JITTER=500``: each worker is recycled
+  (gracefully, registry flushed) after about that many requests, so that slow leaks cannot
+  grow; the jitter keeps the workers from recycling together.
+- ``KCDS_KEEPALIVE=5``: seconds an idle keep-alive connection is held (gthread); keep it
+  above the idle timeout of the proxy in front when it reuses connections.
+
+Metrics: prometheus-client's multiprocess mode needs a directory shared by the workers,
+``PROMETHEUS_MULTIPROC_DIR``. It is created here under the temporary directory when unset
+(and removed at exit); when set (a Kubernetes ``emptyDir``) it is emptied at start, as the
+library requires. A worker's files are marked dead when it exits.
+"""
 
 import os
+import shutil
+import tempfile
 
-workers = int(os.environ.get("KCDS_WORKERS", "2"))
-threads = int(os.environ.get("KCDS_THREADS", "1"))
-timeout = int(os.environ.get("KCDS_WORKER_TIMEOUT", "30"))
-graceful_timeout = int(os.environ.get("KCDS_GRACEFUL_TIMEOUT", "20"))
-keepalive = 5
-max_requests = int(os.environ.get("KCDS_MAX_REQUESTS", "5000"))
-max_requests_jitter = int(os.environ.get("KCDS_MAX_REQUESTS_JITTER", "500"))
+
+def _int(name: str, default: int, low: int = 0) -> int:
+    raw = os.environ.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a whole number, not {raw!r}") from None
+    if value < low:
+        raise SystemExit(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+workers = _int("KCDS_WORKERS", 2, 1)
+threads = _int("KCDS_THREADS", 4, 1)
+worker_class = "gthread" if threads > 1 else "sync"
+timeout = _int("KCDS_WORKER_TIMEOUT", 30, 1)
+graceful_timeout = _int("KCDS_GRACEFUL_TIMEOUT", 20, 1)
+keepalive = _int("KCDS_KEEPALIVE", 5, 0)
+max_requests = _int("KCDS_MAX_REQUESTS", 5000, 0)
+max_requests_jitter = _int("KCDS_MAX_REQUESTS_JITTER", 500, 0)
 preload_app = True  # load policy and value sets once, before forking
 accesslog = None  # the app writes its own JSON access log without patient data
 errorlog = "-"
+# the workers' heartbeat files: in memory where there is /dev/shm, so a read-only root
+# filesystem (or a slow disk) does not matter
+worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+# gunicorn >= 25 opens a control socket under $HOME by default: one path for every instance
+# on a host, and a write to a read-only root filesystem; nothing here uses it
+control_socket_disable = True
+
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="kcds-metrics-")
+else:  # values left by an earlier run would be added to this one's
+    _dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(_dir, exist_ok=True)
+    for _name in os.listdir(_dir):
+        if _name.endswith(".db"):
+            os.remove(os.path.join(_dir, _name))
+
+
+def child_exit(server, worker):
+    """In the master, when a worker has exited: its live gauges no longer count."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker):
+    """In the worker, as it exits (SIGTERM, recycling): write the registry's queue now.
+    (It is also written at exit; this makes the order explicit: before the process ends.)"""
+    app = getattr(worker, "wsgi", None)
+    registry = getattr(app, "extensions", {}).get("ketamine-cds.registry")
+    if registry is not None:
+        registry.close()
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -65,8 +65,13 @@ class Server:
         return self.log.read_text("utf-8", errors="replace")
 
 
-def start_gunicorn(tmp: Path, env: dict[str, str] | None = None, workers: int = 2) -> Server:
-    port = free_port()
+def start_gunicorn(
+    tmp: Path, env: dict[str, str] | None = None, workers: int = 2, port: int | None = None
+) -> Server:
+    """A gunicorn running the service on loopback (``port``, or a free one), once it answers
+    /health/live. Its output goes to ``gunicorn-<port>.log`` in ``tmp`` (appended: a restart
+    on the same port keeps the earlier run's lines)."""
+    port = port or free_port()
     log = tmp / f"gunicorn-{port}.log"
     full_env = {
         **os.environ,
@@ -90,7 +95,7 @@ def start_gunicorn(tmp: Path, env: dict[str, str] | None = None, workers: int = 
         ],
         cwd=ROOT,
         env=full_env,
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

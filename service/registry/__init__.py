@@ -55,6 +55,8 @@ SHUTDOWN_WITHIN = 10.0
 
 Rows = dict[Table, list[dict[str, Any]]]
 Clock = Callable[[], datetime]
+#: kind of write that failed ("evaluations", "feedback", "queue_full") → None; for metrics
+FailureHook = Callable[[str], None]
 
 
 class Registry:
@@ -74,6 +76,7 @@ class Registry:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._writer: Writer[Rows] | None = None
+        self.on_failure: FailureHook = lambda kind: None  # set by the app (service.metrics)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None) -> Registry | None:
@@ -151,6 +154,7 @@ class Registry:
         }
         writer = self._process_writer()
         if not writer.put(rows):
+            self.on_failure("queue_full")
             log.error(
                 "registry queue full: evaluation not recorded",
                 extra={"fields": {"dropped": writer.dropped}},
@@ -163,7 +167,11 @@ class Registry:
                 if rows:
                     conn.execute(self.store.insert_ignore(table), rows)
 
-        self.store.write(work, within=BATCH_WITHIN)
+        try:
+            self.store.write(work, within=BATCH_WITHIN)
+        except Exception:
+            self.on_failure("evaluations")
+            raise
 
     def _process_writer(self) -> Writer[Rows]:
         """This process's writer, started on first use. gunicorn forks its workers after the
@@ -178,6 +186,12 @@ class Registry:
                     self._pid = pid
                     atexit.register(self.close)
         return self._writer
+
+    def ping(self) -> None:
+        """Raises when the database does not answer a query (readiness)."""
+        self._process_writer()  # this process's connections, not its parent's
+        with self.store.reading() as conn:
+            conn.execute(select(1))
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until this process's queued evaluations are written."""
@@ -220,6 +234,7 @@ class Registry:
         try:
             stored, unknown = self.store.write(work, within=FEEDBACK_WITHIN)
         except Unavailable:
+            self.on_failure("feedback")
             raise CDSHooksError(
                 503, "registry_unavailable", "the feedback could not be stored; send it again"
             ) from None

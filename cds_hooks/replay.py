@@ -1,0 +1,201 @@
+"""Shared JWT replay caches: several service instances refuse each other's replays.
+
+The in-process :class:`cds_hooks.auth.MemoryReplayCache` catches a token replayed against the
+same process only. These implement the same :class:`cds_hooks.auth.ReplayCache` interface on
+a store every instance reaches:
+
+- :class:`RedisReplayCache`: ``SET key 1 NX EXAT expiry``, one round trip, atomic;
+- :class:`SqlReplayCache`, on PostgreSQL (several hosts) or SQLite (one host's workers):
+  ``INSERT … ON CONFLICT … DO UPDATE … WHERE expired RETURNING``, atomic under concurrent
+  inserts of the same ``jti``, with a periodic purge of expired rows.
+
+Keys are a SHA-256 of the issuer and the ``jti``: no token content is stored. When the store
+cannot be reached the call is refused with a 503 (fail closed, and retryable), never let
+through unchecked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import CDSHooksError
+
+log = logging.getLogger("cds_hooks.replay")
+
+#: seconds a replay-cache call may take before the call is refused
+TIMEOUT = 2.0
+#: least seconds between purges of expired rows (PostgreSQL), per process
+PURGE_EVERY = 300.0
+TABLE = "kcds_jwt_replay"
+
+Clock = Callable[[], float]
+
+
+class ReplayCacheUnavailable(CDSHooksError):
+    """The shared replay cache did not answer: the call cannot be checked, so it is refused,
+    with a 503 the caller may retry."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            503, "replay_cache_unavailable", "the service cannot check the token now; retry"
+        )
+
+
+def cache_key(issuer: str, jti: str) -> str:
+    """A fixed-length key for (issuer, jti): SHA-256 of both, each length-prefixed so that
+    no two pairs share a key; nothing of the token is stored as it was."""
+    raw = f"{len(issuer)}:{issuer}{len(jti)}:{jti}".encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+class RedisReplayCache:
+    """A :class:`~cds_hooks.auth.ReplayCache` in Redis (``redis://`` or ``rediss://`` URL)."""
+
+    def __init__(self, url: str, prefix: str = "kcds:jti:", clock: Clock = time.time):
+        import redis  # only needed when configured
+
+        self._redis = redis
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT, health_check_interval=30
+        )
+        self._prefix = prefix
+        self._clock = clock
+
+    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
+        ttl = max(1, math.ceil(expires_at - self._clock()))
+        try:
+            return bool(self._client.set(self._prefix + cache_key(issuer, jti), 1, nx=True, ex=ttl))
+        except self._redis.RedisError as exc:
+            log.error("replay cache unavailable", extra={"error_type": type(exc).__name__})
+            raise ReplayCacheUnavailable() from None
+
+    def ping(self) -> None:
+        """Raises when Redis does not answer (readiness)."""
+        self._client.ping()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _sql_engine(url: str) -> Any:
+    """A SQLAlchemy engine for a PostgreSQL or SQLite URL, with short timeouts."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": TIMEOUT})
+
+        def setup(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")  # a crash keeps it; power loss may not
+            cursor.close()
+
+        event.listen(engine, "connect", setup)
+        return engine
+    if "+" not in parsed.drivername:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=8,
+        connect_args={
+            "connect_timeout": math.ceil(TIMEOUT),
+            "application_name": "ketamine-cds replay",
+            "options": f"-c statement_timeout={int(TIMEOUT * 1000)}",
+        },
+    )
+
+
+class SqlReplayCache:
+    """A :class:`~cds_hooks.auth.ReplayCache` in a table of PostgreSQL (several hosts) or
+    SQLite (the workers and instances of one host), created when missing.
+
+    One row per accepted ``jti`` with its expiry (epoch seconds). Inserting a key that exists
+    and has expired takes it over (first use again); one that exists and has not expired
+    returns no row: a replay. Concurrent inserts of one key serialise on its unique index
+    (SQLite: on the database's write lock), so exactly one of them wins. Expired rows are
+    deleted every :data:`PURGE_EVERY` seconds.
+    """
+
+    def __init__(self, url: str, clock: Clock = time.time, purge_every: float = PURGE_EVERY):
+        self._engine = _sql_engine(url)
+        self._clock = clock
+        self._purge_every = purge_every
+        self._purged_at = -math.inf
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+            " key text PRIMARY KEY, expires_at double precision NOT NULL)"
+        )
+        self._run(f"CREATE INDEX IF NOT EXISTS {TABLE}_expiry ON {TABLE} (expires_at)")
+        self._engine.dispose()  # no connection across gunicorn's fork
+
+    def _run(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+        from sqlalchemy import exc, text
+
+        if self._pid != os.getpid():  # a forked worker: never use the parent's connections
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._engine.dispose(close=False)
+                    self._pid = os.getpid()
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(text(statement), params or {})
+                return list(result) if result.returns_rows else []
+        except exc.SQLAlchemyError as error:
+            log.error("replay cache unavailable", extra={"error_type": type(error).__name__})
+            raise ReplayCacheUnavailable() from None
+
+    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
+        now = self._clock()
+        if now - self._purged_at >= self._purge_every:
+            self._purged_at = now
+            self.purge(now)
+        rows = self._run(
+            f"INSERT INTO {TABLE} (key, expires_at) VALUES (:key, :expires_at) "
+            f"ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at "
+            f"WHERE {TABLE}.expires_at <= :now RETURNING 1",
+            {"key": cache_key(issuer, jti), "expires_at": expires_at, "now": now},
+        )
+        return bool(rows)
+
+    def purge(self, now: float | None = None) -> None:
+        """Delete the rows that have expired."""
+        now = self._clock() if now is None else now
+        self._run(f"DELETE FROM {TABLE} WHERE expires_at <= :now", {"now": now})
+
+    def ping(self) -> None:
+        """Raises when the database does not answer (readiness)."""
+        self._run("SELECT 1")
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+PostgresReplayCache = SqlReplayCache
+
+
+def open_replay_cache(url: str, clock: Clock = time.time) -> Any:
+    """The replay cache a ``KCDS_REPLAY_CACHE`` URL names; ValueError for anything else.
+    ``memory`` is the in-process one (no sharing)."""
+    from .auth import MemoryReplayCache
+
+    scheme = url.split(":", 1)[0].lower()
+    if url == "memory":
+        return MemoryReplayCache(clock)
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisReplayCache(url, clock=clock)
+    if scheme.split("+", 1)[0] in ("postgresql", "postgres", "sqlite"):
+        return SqlReplayCache(url, clock=clock)
+    raise ValueError(f"must be memory, redis://…, postgresql://… or sqlite:///…, not {scheme}:…")

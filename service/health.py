@@ -1,0 +1,106 @@
+"""``GET /health/live`` and ``GET /health/ready``: what an orchestrator's probes ask.
+
+- live: the process answers HTTP. Nothing else is checked, so a database outage never makes
+  an orchestrator restart healthy processes (restarting would not bring the database back).
+- ready: this instance can do its work: the policy and the value sets are loaded, the
+  registry's database answers a query, and the shared JWT replay cache answers (when one is
+  configured). Otherwise ``503`` with the failing check and its reason, so a load balancer
+  sends the calls elsewhere.
+
+Neither needs the caller JWT. The reasons name a check and an exception type, never a
+message (a driver's message can carry a database URL with its password). A check's result is
+kept for :data:`CACHE_SECONDS`, and a check taking longer than :data:`CHECK_WITHIN` fails,
+so probes cannot pile up behind a hung database.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from flask import Blueprint, Response
+
+from cds_hooks.http import json_response
+
+from . import __version__
+
+#: seconds a readiness result is reused
+CACHE_SECONDS = 1.0
+#: seconds one dependency check may take
+CHECK_WITHIN = 2.0
+
+Check = Callable[[], None]  # raises when the dependency is not usable
+
+
+class Readiness:
+    """Runs named checks with a time limit, at most once per :data:`CACHE_SECONDS`."""
+
+    def __init__(self, checks: dict[str, Check]):
+        self.checks = checks
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+        self._running: dict[str, Future] = {}
+        self._result: tuple[float, dict[str, str]] | None = None
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_pid != os.getpid():  # no thread survives a fork
+            self._pool = ThreadPoolExecutor(max(1, len(self.checks)), "kcds-ready")
+            self._pool_pid = os.getpid()
+            self._running = {}
+        return self._pool
+
+    def results(self) -> dict[str, str]:
+        """check name → ``ok`` or the reason it failed."""
+        with self._lock:
+            now = time.monotonic()
+            if self._result is not None and now - self._result[0] < CACHE_SECONDS:
+                return self._result[1]
+            pool = self._executor()
+            for name, check in self.checks.items():
+                future = self._running.get(name)
+                if future is None or future.done():  # a hung check is waited on, not repeated
+                    self._running[name] = pool.submit(check)
+            deadline = now + CHECK_WITHIN
+            results = {}
+            for name, future in self._running.items():
+                try:
+                    future.result(timeout=max(0.0, deadline - time.monotonic()))
+                    results[name] = "ok"
+                except FutureTimeout:
+                    results[name] = f"no answer within {CHECK_WITHIN:g} s"
+                except Exception as exc:
+                    results[name] = f"failed ({type(exc).__name__})"
+            self._result = (time.monotonic(), results)
+            return results
+
+
+def health_blueprint(checks: dict[str, Check]) -> Blueprint:
+    readiness = Readiness(checks)
+    bp = Blueprint("kcds_health", __name__)
+
+    def answer(body: dict[str, Any], status: int) -> Response:
+        response = json_response(body, status)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @bp.get("/health/live")
+    def live() -> Response:
+        return answer({"status": "ok", "version": __version__}, 200)
+
+    @bp.get("/health/ready")
+    def ready() -> Response:
+        results = readiness.results()
+        failed = {name: why for name, why in results.items() if why != "ok"}
+        if failed:
+            reason = "; ".join(f"{name}: {why}" for name, why in failed.items())
+            body = {"status": "unavailable", "reason": reason, "checks": results}
+            return answer(body, 503)
+        return answer({"status": "ok", "version": __version__, "checks": results}, 200)
+
+    return bp
