@@ -39,10 +39,28 @@ class InputLimits:
     exempt: frozenset[str] = frozenset({"data", "div"})  # base64 attachments, narrative XHTML
 
 
+def _beyond(node: dict | list, depth: int, limits: InputLimits) -> bool:
+    """Whether anything in ``node`` is beyond the depth or string limits: the fast check every
+    request pays (no paths built; recursion stops at ``max_depth``)."""
+    if depth >= limits.max_depth:
+        return True
+    pairs = node.items() if type(node) is dict else enumerate(node)
+    for key, child in pairs:
+        kind = type(child)
+        if kind is str:
+            limit = limits.max_code if key == "code" else limits.max_string
+            if len(child) > limit and key not in limits.exempt:
+                return True
+        elif (kind is dict or kind is list) and _beyond(child, depth + 1, limits):
+            return True
+    return False
+
+
 def limit_violation(value: Any, limits: InputLimits) -> tuple[tuple[Any, ...], str] | None:
     """The path of the first value beyond the depth or string limits, and the problem;
-    ``None`` when everything is within them. Iterative, so any depth is safe to walk."""
-    if not isinstance(value, dict | list):
+    ``None`` when everything is within them. The path is only worked out (iteratively, so
+    any depth is safe) once the fast check has found something."""
+    if not isinstance(value, dict | list) or not _beyond(value, 0, limits):
         return None
     stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
     while stack:
@@ -119,6 +137,8 @@ def _describe(error: ValidationError, prefix: str) -> tuple[str, str]:
         needed = error.message.split("'")[1] if "'" in error.message else ""
         return field_path([*path, needed], prefix), "is required when fhirAuthorization is sent"
     where = field_path(path, prefix) or prefix or "body"
+    if error.validator == "type" and len(path) == 2 and path[0] == "prefetch":
+        return where, "must be null or a FHIR resource with a resourceType"
     if error.validator == "type":
         return where, f"must be of type {error.validator_value}"
     if error.validator in ("pattern", "const", "enum"):
@@ -129,8 +149,6 @@ def _describe(error: ValidationError, prefix: str) -> tuple[str, str]:
         return where, f"must not have more than {error.validator_value} items"
     if error.validator == "maxLength":
         return where, f"must not be longer than {error.validator_value} characters"
-    if error.validator == "oneOf" and where.startswith("prefetch."):
-        return where, "must be null or a FHIR resource with a resourceType"
     return where, error.message
 
 
