@@ -12,11 +12,12 @@ from cds_hooks.errors import CDSHooksError
 from cds_hooks.fhir import FetchSettings, FhirClient
 from cds_hooks.http import ProtocolSettings, create_blueprint, install, json_response
 from cds_hooks.replay import open_replay_cache
-from cds_hooks.service import ServiceCatalog
-from cds_hooks.validation import InputLimits
+from cds_hooks.service import ServiceCatalog, handle
+from cds_hooks.validation import InputLimits, validator
 
 from . import __version__, logs, policy
 from .config import ConfigError, Settings
+from .convert import ketamine_order, to_hook_request
 from .health import health_blueprint
 from .hooks import Clock, KetamineCDS, Recorder
 from .metrics import Metrics, metrics_blueprint
@@ -37,6 +38,18 @@ def build_engine(
     site = policy.load(settings.policy_file)
     terminology = Terminology(load_yaml("valuesets.yaml"), site.extra_codes, site.extra_drugs)
     return KetamineCDS(terminology, site, clock=clock, recorder=recorder)
+
+
+def warm_up(engine: KetamineCDS) -> None:
+    """Evaluate one synthetic order at start-up, before gunicorn forks the workers: the JSON
+    schemas compile and the fhir.resources models load once, not in a caller's request."""
+    quiet = KetamineCDS(engine.terminology, engine.policy)  # records nothing
+    patient = {"resourceType": "Patient", "id": "warm-up", "birthDate": "1980-01-01"}
+    body = to_hook_request(
+        [patient], hook="order-sign", orders=[ketamine_order(40, "iv", 40)], instance="warm-up"
+    )
+    handle(ServiceCatalog(quiet.services()).get("ketamine-order-sign"), body, None, "http://x")
+    validator("feedback.json")
 
 
 def authenticator(settings: Settings) -> JwtAuthenticator:
@@ -67,6 +80,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     logs.configure(settings.log_level)
     registry = Registry.open(settings, clock)
     engine = build_engine(settings, clock, registry.record if registry else None)
+    warm_up(engine)
     authenticate = authenticator(settings) if settings.auth == "jwt" else None
     if authenticate is None:
         log.warning("KCDS_AUTH=off: callers are NOT authenticated; development use only")

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from .terminology import (
@@ -243,6 +244,7 @@ class PatientRecord:
         found = [o for code in codes for o in self.observations.get(code, ()) if o.when]
         return sorted(found, key=lambda o: o.when, reverse=True)
 
+    @cached_property
     def blood_pressures(self) -> list[BloodPressure]:
         """BP readings newest first: panels (85354-9, or any observation with 8480-6/8462-4
         components) and separate systolic/diastolic observations paired by time."""

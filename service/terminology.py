@@ -130,6 +130,7 @@ class Terminology:
         )
         self._ingredient_re = re.compile(rf"\b(?:{alternation})\b", re.I)
         self._cache: dict[Any, tuple[ConceptMatch, ...]] = {}
+        self._ingredient_cache: dict[str, tuple[Ingredient, ...]] = {}
         self._loinc_index = {
             code: name for name, spec in self.loinc.items() for code in spec["codes"]
         }
@@ -211,11 +212,16 @@ class Terminology:
         text = concept_text(concept)
         if not text:
             return ()
+        hit = self._ingredient_cache.get(text)
+        if hit is not None:
+            return hit
         out: list[Ingredient] = []
         for m in self._ingredient_re.finditer(text):
             for ing in self._ingredients[m.group(0).lower()]:
                 if ing not in out:
                     out.append(ing)
+        if len(self._ingredient_cache) < 50_000:  # records repeat the same products
+            self._ingredient_cache[text] = tuple(out)
         return tuple(out)
 
     # -- observations ---------------------------------------------------------------------

@@ -95,9 +95,9 @@ def r33(ev: Evaluation):
     if ev.missing("observations"):
         return None
     since = ev.days_ago(ev.policy.bp_window_days)
-    if any(r.when >= since for r in ev.record.blood_pressures()):
+    if any(r.when >= since for r in ev.record.blood_pressures):
         return None
-    last = next(iter(ev.record.blood_pressures()), None)
+    last = next(iter(ev.record.blood_pressures), None)
     return finding(
         ev,
         "R33",

@@ -188,7 +188,7 @@ def r07(ev: Evaluation):
 
 def _recent_bp(ev: Evaluation):
     since = ev.days_ago(ev.policy.bp_window_days)
-    readings = [r for r in ev.record.blood_pressures() if r.when >= since]
+    readings = [r for r in ev.record.blood_pressures if r.when >= since]
     return readings[0] if readings else None
 
 
