@@ -47,6 +47,7 @@ __all__ = [
     "PATIENT_FIELDS",
     "PREFETCH_KEYS",
     "ConversionError",
+    "concept",
     "esketamine_order",
     "ketamine_order",
     "one_patient",
@@ -415,7 +416,7 @@ def _has_loinc(resource: Mapping[str, Any], codes: set[str]) -> bool:
 # -- draft orders ------------------------------------------------------------------------
 
 
-def _concept(
+def concept(
     system: str | None, code: str | None, display: str | None = None, text: str | None = None
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -467,7 +468,7 @@ def ketamine_order(
         dosage["timing"] = {"repeat": {"count": 1, "duration": minutes, "durationUnit": "min"}}
     if route:
         code, display, text = KETAMINE_ROUTES[route]
-        dosage["route"] = _concept(SNOMED if code else None, code, display, text)
+        dosage["route"] = concept(SNOMED if code else None, code, display, text)
     if mg is not None:
         dosage["doseAndRate"] = [
             {"doseQuantity": {"value": mg, "unit": unit, "system": UCUM, "code": unit}}
@@ -478,7 +479,7 @@ def ketamine_order(
         "id": order_id,
         "status": "draft",
         "intent": "order",
-        "medicationCodeableConcept": _concept(
+        "medicationCodeableConcept": concept(
             RXNORM,
             "238083",
             "ketamine hydrochloride 50 MG/ML Injectable Solution",
@@ -526,7 +527,7 @@ def esketamine_order(
         {
             "sequence": 1,
             "text": f"{mg:g} mg intranasally under supervision",
-            "route": _concept(None, None, text="Nasal"),
+            "route": concept(None, None, text="Nasal"),
             "doseAndRate": [
                 {"doseQuantity": {"value": mg, "unit": "mg", "system": UCUM, "code": "mg"}}
             ],
