@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -83,6 +84,32 @@ def test_live_and_ready_answer_without_a_caller_jwt(tmp_path):
     assert ready.headers["Cache-Control"] == "no-store"
 
 
+@contextmanager
+def refusing_connections(postgres_url: str):
+    """The test database refuses connections (its sessions cut) until the block ends."""
+    name = make_url(postgres_url).database
+    admin = make_url(postgres_url).set(database="postgres").render_as_string(False)
+
+    def allow(value: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                    sql.Identifier(name), sql.SQL("true" if value else "false")
+                )
+            )
+            if not value:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    [name],
+                )
+
+    allow(False)
+    try:
+        yield
+    finally:
+        allow(True)
+
+
 def test_ready_is_503_with_the_reason_while_the_registry_database_refuses(
     postgres_url, monkeypatch
 ):
@@ -91,16 +118,7 @@ def test_ready_is_503_with_the_reason_while_the_registry_database_refuses(
         Settings(auth="off", database_url=postgres_url, pseudonym_key=KEY)
     ).test_client()
     assert client.get("/health/ready").status_code == 200
-    name = make_url(postgres_url).database
-    admin = make_url(postgres_url).set(database="postgres").render_as_string(False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
-        )
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
-        )
-    try:
+    with refusing_connections(postgres_url):
         down = client.get("/health/ready")
         assert down.status_code == 503
         assert down.json["status"] == "unavailable"
@@ -108,11 +126,6 @@ def test_ready_is_503_with_the_reason_while_the_registry_database_refuses(
         assert down.json["reason"].startswith("registry: failed (")
         assert "postgres" not in down.json["reason"]  # no URL, no driver message
         assert client.get("/health/live").status_code == 200  # not a reason to restart
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
-            )
     assert client.get("/health/ready").status_code == 200
 
 
@@ -286,23 +299,15 @@ def test_registry_write_failures_are_counted(postgres_url, monkeypatch):
         Settings(auth="off", database_url=postgres_url, pseudonym_key=KEY)
     ).test_client()
     before = sample("kcds_registry_write_failures_total", kind="feedback")
-    name = make_url(postgres_url).database
-    admin = make_url(postgres_url).set(database="postgres").render_as_string(False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
-        )
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
-        )
-    item = {
-        "card": str(uuid.uuid4()),
-        "outcome": "overridden",
-        "outcomeTimestamp": "2026-03-02T10:00:00Z",
-    }
-    r = client.post(SIGN + "/feedback", json={"feedback": [item]})
-    assert r.status_code == 503
-    assert sample("kcds_registry_write_failures_total", kind="feedback") == before + 1
+    with refusing_connections(postgres_url):
+        item = {
+            "card": str(uuid.uuid4()),
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-03-02T10:00:00Z",
+        }
+        r = client.post(SIGN + "/feedback", json={"feedback": [item]})
+        assert r.status_code == 503
+        assert sample("kcds_registry_write_failures_total", kind="feedback") == before + 1
 
 
 def test_metrics_token_when_configured(tmp_path):
