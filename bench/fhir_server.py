@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from service import convert
+from service.tools import convert
 
 TYPE_OF_KEY = {key: kind for kind, key in convert.KEY_OF_TYPE.items()}
 

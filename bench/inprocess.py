@@ -31,12 +31,12 @@ from cds_hooks.fhir import FetchSettings, FhirClient
 from cds_hooks.models import Response
 from cds_hooks.service import HookRequest, ServiceCatalog, handle, resolve_prefetch
 from cds_hooks.validation import InputLimits, check_request
-from service.app import build_engine
-from service.cards import RenderContext, render
 from service.config import Settings
-from service.hooks import KetamineCDS
-from service.orders import ketamine_orders
-from service.rules import ORDER_SCOPES, Evaluation, evaluate
+from service.engine.cards import RenderContext, render
+from service.engine.hooks import KetamineCDS
+from service.engine.orders import ketamine_orders
+from service.engine.rules import ORDER_SCOPES, Evaluation, evaluate
+from service.web.app import build_engine
 
 BASE_URL = "http://127.0.0.1:8080"
 #: the in-process runs accept up to this many resources per prefetch key (production: 5,000 by

@@ -1,6 +1,6 @@
 """HTTP figures: the service under gunicorn on loopback, driven by wrk.
 
-gunicorn runs exactly as in production (``--config python:service.gunicorn_conf``: workers,
+gunicorn runs exactly as in production (``--config python:service.web.gunicorn_conf``: workers,
 threads, keep-alive and recycling from the ``KCDS_*`` environment, preloaded app) with
 ``KCDS_AUTH=off``. wrk (Debian package ``wrk``) POSTs one request body with ``post.lua`` from
 one thread, so the load generator takes as little as possible of the two cores.
@@ -26,7 +26,7 @@ from typing import Any
 from machine import Meter, calibrate, process_seconds, wait_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = "python:service.gunicorn_conf"  # the production settings
+CONFIG = "python:service.web.gunicorn_conf"  # the production settings
 LUA = Path(__file__).resolve().parent / "post.lua"
 
 
@@ -120,7 +120,7 @@ def start(
             f"127.0.0.1:{port}",
             "--config",
             config,
-            "service.wsgi:app",
+            "service.web.wsgi:app",
         ],
         cwd=ROOT,
         env=full_env,
@@ -338,7 +338,7 @@ def effective_config(env: dict[str, str] | None, config: str) -> dict[str, Any]:
 def _settings(env: dict[str, str] | None, config: str) -> dict[str, Any]:
     effective = effective_config(env, config)
     return {
-        "config": "service/gunicorn_conf.py" if config == CONFIG else config,
+        "config": "service/web/gunicorn_conf.py" if config == CONFIG else config,
         "KCDS_WORKERS": str(effective.get("workers")),
         "KCDS_THREADS": str(effective.get("threads")),
         "effective": effective,

@@ -4,7 +4,7 @@
 * M   the Synthea sample whose file is closest to 0.9 MB (the median patient of SOURCES.md),
       converted to prefetch with an IV ketamine order;
 * L   the largest Synthea sample (Fletcher_Hyatt, 3.9 MB);
-* XL  every sample merged into one patient's record (``service.convert.one_patient``);
+* XL  every sample merged into one patient's record (``service.tools.convert.one_patient``);
 * obs-N  the clean patient with N observations (10 … 10,000), cycled from a Synthea sample's
       observations with fresh ids and dates, to show how the cost grows with record size.
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from service import convert
-from service.fixtures import load
+from service.tools import convert
+from service.tools.fixtures import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = Path(os.environ.get("KCDS_BENCH_SAMPLES") or ROOT.parent / "shared" / "fhir-r4-samples")

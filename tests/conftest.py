@@ -20,8 +20,8 @@ import requests
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from service.app import create_app
 from service.config import Settings
+from service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path(__file__).resolve().parent / "conformance"
@@ -90,8 +90,8 @@ def start_gunicorn(
             "--workers",
             str(workers),
             "--config",
-            "python:service.gunicorn_conf",
-            "service.wsgi:app",
+            "python:service.web.gunicorn_conf",
+            "service.web.wsgi:app",
         ],
         cwd=ROOT,
         env=full_env,

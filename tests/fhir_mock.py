@@ -6,7 +6,7 @@ import orjson
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from service.convert import KEY_OF_TYPE
+from service.tools.convert import KEY_OF_TYPE
 
 TYPE_OF_KEY = {key: kind for kind, key in KEY_OF_TYPE.items()}
 

@@ -25,9 +25,9 @@ from cds_hooks.auth import (
     load_jwks,
     parse_trusted_issuers,
 )
-from service.app import create_app
 from service.config import ConfigError, Settings
-from service.fixtures import load
+from service.tools.fixtures import load
+from service.web.app import create_app
 from tests.auth_helpers import (
     ISSUER,
     PUBLIC_URL,

@@ -7,8 +7,8 @@ from pathlib import Path
 import orjson
 from click.testing import CliRunner
 
-from service.cli import main
-from service.fixtures import ROOT
+from service.tools.cli import main
+from service.tools.fixtures import ROOT
 
 
 def test_evaluate_prints_the_response_json():

@@ -1,4 +1,4 @@
-"""The integration engineers' commands (service.cli_tools) through click's CliRunner."""
+"""The integration engineers' commands (service.tools.cli_tools) through click's CliRunner."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from service.cli import main
-from service.fixtures import ROOT, load, names
-from service.rulebook import catalogue
-from service.rules import RULES
+from service.engine.rulebook import catalogue
+from service.engine.rules import RULES
+from service.tools.cli import main
+from service.tools.fixtures import ROOT, load, names
 
 SAMPLES = ROOT / "synthea"  # Synthea patients copied with their attribution
 
@@ -250,7 +250,7 @@ def test_rules_for_one_rule_and_as_json(tmp_path):
     site.write_text("version: site-1\nthresholds:\n  bp_hazard_systolic: 170\n")
     data = orjson.loads(run("rules", "--id", "R09", "--json", "--policy", str(site)).output)
     assert {t["name"]: t["value"] for t in data["thresholds"]}["bp_hazard_systolic"] == 170
-    from service import policy
+    from service.engine import policy
 
     full = orjson.loads(run("rules", "--json").output)
     assert full == orjson.loads(orjson.dumps(catalogue(policy.load())))
@@ -311,8 +311,8 @@ def test_the_integration_guide_rule_table_is_the_catalogue():
 
 def test_the_integration_guide_shows_the_live_prefetch_templates():
     from cds_hooks.service import ServiceCatalog
-    from service.app import build_engine
     from service.config import Settings
+    from service.web.app import build_engine
 
     doc = DOC.read_text("utf-8")
     discovery = ServiceCatalog(build_engine(Settings()).services()).discovery()

@@ -1,4 +1,4 @@
-"""service.convert: FHIR Bundles and NDJSON exports → CDS Hooks requests for this service."""
+"""service.tools.convert: FHIR Bundles and NDJSON exports → CDS Hooks requests for this service."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from cds_hooks.validation import check_request
-from service import convert
-from service.hooks import prefetch_templates
+from service.engine.hooks import prefetch_templates
+from service.tools import convert
 
 SAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "synthea"
 # Synthea sample (source A of SOURCES.md: smart-on-fhir/generated-sample-data, Apache-2.0)

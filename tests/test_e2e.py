@@ -5,7 +5,7 @@ import copy
 import pytest
 import requests
 
-from service.fixtures import compare, load, names
+from service.tools.fixtures import compare, load, names
 from tests.fhir_mock import serve_prefetch
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from service.fixtures import ROOT, compare, dated, load, names, shift
+from service.tools.fixtures import ROOT, compare, dated, load, names, shift
 
 
 def test_committed_fixtures_are_current(tmp_path):

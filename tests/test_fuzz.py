@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.app import create_app
 from service.config import Settings
-from service.fixtures import load
+from service.tools.fixtures import load
+from service.web.app import create_app
 from tests.conftest import free_port
 from tests.fhir_mock import serve_prefetch
 

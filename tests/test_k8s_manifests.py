@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service import policy
+from service.engine import policy
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -109,7 +109,7 @@ def test_deployment_probes_and_graceful_stop_match_the_service():
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert container["startupProbe"]["httpGet"]["path"] == "/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-    assert container["readinessProbe"]["timeoutSeconds"] > 2  # service.health.CHECK_WITHIN
+    assert container["readinessProbe"]["timeoutSeconds"] > 2  # service.web.health.CHECK_WITHIN
     env = {e["name"]: e for e in container["env"]}
     metrics_dir = env["PROMETHEUS_MULTIPROC_DIR"]["value"]
     assert metrics_dir.startswith("/tmp/")  # on the emptyDir

@@ -30,9 +30,9 @@ import requests
 from pytest_httpserver import HTTPServer
 from sqlalchemy import func, select
 
-from service.fixtures import load
 from service.registry import schema
 from service.registry.store import open_store
+from service.tools.fixtures import load
 from tests.auth_helpers import ISSUER, JwksServer, bearer, es384
 from tests.conftest import Server, free_port, start_gunicorn, stop
 

@@ -28,13 +28,13 @@ from werkzeug import Request, Response
 import service.registry as registry_module
 from cds_hooks.auth import FAILURE_REASONS
 from cds_hooks.observer import FETCH_OUTCOMES
-from service.app import create_app
 from service.config import ConfigError, Settings
-from service.fixtures import load
-from service.metrics import INDICATORS, OTHER, REGISTRY_FAILURES
+from service.engine.rules import RULES
 from service.registry import schema
 from service.registry.store import open_store
-from service.rules import RULES
+from service.tools.fixtures import load
+from service.web.app import create_app
+from service.web.metrics import INDICATORS, OTHER, REGISTRY_FAILURES
 from tests.auth_helpers import ISSUER, PUBLIC_URL, bearer, es384
 from tests.conftest import ROOT, free_port, start_gunicorn, stop
 
@@ -113,7 +113,7 @@ def refusing_connections(postgres_url: str):
 def test_ready_is_503_with_the_reason_while_the_registry_database_refuses(
     postgres_url, monkeypatch
 ):
-    monkeypatch.setattr("service.health.CACHE_SECONDS", 0.0)
+    monkeypatch.setattr("service.web.health.CACHE_SECONDS", 0.0)
     client = create_app(
         Settings(auth="off", database_url=postgres_url, pseudonym_key=KEY)
     ).test_client()
@@ -355,7 +355,7 @@ def test_replay_cache_registry_means_the_registry_database():
 
 def gunicorn_settings(env: dict[str, str]) -> dict:
     code = (
-        "import json, service.gunicorn_conf as c; print(json.dumps({k: getattr(c, k) for k in "
+        "import json, service.web.gunicorn_conf as c; print(json.dumps({k: getattr(c, k) for k in "
         "('workers','threads','worker_class','timeout','graceful_timeout','keepalive',"
         "'max_requests','max_requests_jitter','preload_app','control_socket_disable')}))"
     )

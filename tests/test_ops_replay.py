@@ -24,8 +24,8 @@ from cds_hooks.replay import (
     SqlReplayCache,
     open_replay_cache,
 )
-from service.app import create_app
 from service.config import Settings
+from service.web.app import create_app
 from tests.auth_helpers import ISSUER, PUBLIC_URL, bearer, es384
 from tests.conftest import free_port, start_gunicorn, stop
 

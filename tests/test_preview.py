@@ -1,4 +1,4 @@
-"""The card preview page (service.preview) through Flask's test client."""
+"""The card preview page (service.web.preview) through Flask's test client."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 import orjson
 import pytest
 
-from service.app import create_app
 from service.config import ConfigError, Settings
-from service.fixtures import load
-from service.preview import preview_enabled, render_markdown, safe_url, view_card
+from service.tools.fixtures import load
+from service.web.app import create_app
+from service.web.preview import preview_enabled, render_markdown, safe_url, view_card
 
 SCRIPT = "<script>alert('card')</script>"
 

@@ -103,7 +103,7 @@ def test_pick_a_fixture_send_and_see_the_cards(page, service, tmp_path):
 
 
 def test_a_patient_bundle_with_a_dose_gives_cards(page, service):
-    from service.fixtures import load
+    from service.tools.fixtures import load
 
     request, _ = load("r09-bp-185-fires")
     bundle = {

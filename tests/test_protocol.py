@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from cds_hooks.validation import check_request, validator
-from service.fixtures import load
+from service.tools.fixtures import load
 from tests.conftest import CONFORMANCE
 
 SIGN = "/cds-services/ketamine-order-sign"

@@ -22,14 +22,14 @@ from sqlalchemy import func, inspect, select, text
 
 from cds_hooks.service import HookRequest
 from service import __version__
-from service.app import create_app
-from service.cli import main
 from service.config import ConfigError, Settings
-from service.fixtures import load
 from service.registry import Registry, governance, schema, store
 from service.registry.schema import RegistryError
 from service.registry.store import Unavailable, open_store
 from service.registry.writer import LINGER, Writer
+from service.tools.cli import main
+from service.tools.fixtures import load
+from service.web.app import create_app
 from tests.conftest import CONFORMANCE, writes_held
 
 KEY = "registry-test-pseudonym-key-0123456789"

@@ -17,9 +17,9 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from service.fixtures import load
 from service.registry import governance, schema
 from service.registry.store import Store, open_store
+from service.tools.fixtures import load
 from tests.conftest import Server, start_gunicorn, stop, writes_held
 
 pytestmark = pytest.mark.e2e

@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from cds_hooks.service import ServiceCatalog, handle
 from cds_hooks.validation import validator
-from service.app import build_engine
 from service.config import Settings
-from service.convert import KEY_OF_TYPE
-from service.fixtures import card_rules, load
+from service.tools.convert import KEY_OF_TYPE
+from service.tools.fixtures import card_rules, load
+from service.web.app import build_engine
 
 ENGINE = build_engine(Settings())
 CATALOG = ServiceCatalog(ENGINE.services())

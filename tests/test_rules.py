@@ -8,11 +8,11 @@ import pytest
 
 from cds_hooks.service import ServiceCatalog, handle
 from cds_hooks.validation import validator
-from service import policy as policy_module
-from service.app import build_engine, create_app
 from service.config import Settings
-from service.fixtures import card_rules, compare, load, names
-from service.rules import RULES
+from service.engine import policy as policy_module
+from service.engine.rules import RULES
+from service.tools.fixtures import card_rules, compare, load, names
+from service.web.app import build_engine, create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = (ROOT / "docs" / "clinical" / "ketamine-rules.md").read_text("utf-8")

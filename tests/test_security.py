@@ -14,9 +14,9 @@ from werkzeug import Response
 
 from cds_hooks.fhir import AllowedServers, FetchSettings, FhirClient
 from cds_hooks.validation import InputLimits
-from service.app import create_app
 from service.config import ConfigError, Settings
-from service.fixtures import compare, load, names
+from service.tools.fixtures import compare, load, names
+from service.web.app import create_app
 from tests.auth_helpers import ISSUER, JwksServer, bearer, es384
 from tests.conftest import CONFORMANCE, start_gunicorn, stop
 from tests.fhir_mock import serve_prefetch

@@ -35,9 +35,9 @@ from sqlalchemy import Connection, Table, select
 
 from cds_hooks.errors import CDSHooksError, bad_request
 from cds_hooks.service import HookRequest
+from service import __version__
+from service.config import ConfigError, Settings
 
-from .. import __version__
-from ..config import ConfigError, Settings
 from . import schema
 from .store import Store, Unavailable, open_store
 from .writer import Writer
@@ -76,7 +76,7 @@ class Registry:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._writer: Writer[Rows] | None = None
-        self.on_failure: FailureHook = lambda kind: None  # set by the app (service.metrics)
+        self.on_failure: FailureHook = lambda kind: None  # set by the app (service.web.metrics)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None) -> Registry | None:

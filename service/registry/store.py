@@ -30,7 +30,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
-from ..config import ConfigError
+from service.config import ConfigError
+
 from . import schema
 
 log = logging.getLogger("service.registry")

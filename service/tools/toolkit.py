@@ -1,6 +1,6 @@
 """What the integration engineers' tools share: the ``ketamine-cds`` evaluate, request,
-fixtures and policy commands (``service.cli_tools``) and the card preview page
-(``service.preview``).
+fixtures and policy commands (``service.tools.cli_tools``) and the card preview page
+(``service.web.preview``).
 
 Every evaluation goes through :func:`cds_hooks.service.handle` with a service catalogue, as
 a call to ``POST /cds-services/{id}`` does: validation, prefetch resolution, the ketamine
@@ -22,10 +22,11 @@ from cds_hooks.errors import CDSHooksError
 from cds_hooks.prefetch import KeyResult, bundle_resources
 from cds_hooks.service import ServiceCatalog, ServiceDefinition, handle
 from cds_hooks.validation import InputLimits
+from service.engine import policy
+from service.engine.terminology import load_yaml
 
-from . import convert, policy
+from . import convert
 from .fixtures import compare, load
-from .terminology import load_yaml
 
 #: the base URL card links point at when no service is running (the CLI's default)
 OFFLINE_BASE_URL = "http://localhost:8080"
@@ -190,7 +191,7 @@ def build_request(
     observation_codes: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """A valid hook request about one patient of ``resources`` (see
-    :func:`service.convert.to_hook_request`); ToolError when it cannot be made."""
+    :func:`service.tools.convert.to_hook_request`); ToolError when it cannot be made."""
     if hook not in HOOKS:
         raise ToolError(f"hook must be one of {', '.join(HOOKS)}, not {hook!r}")
     try:
@@ -213,7 +214,7 @@ def build_request(
 def policy_file_problems(path: str | Path) -> tuple[list[str], list[str]]:
     """(problems, warnings) of a site policy file, each naming its key path.
 
-    Problems are what :func:`service.policy.load` refuses (the file merged over the built-in
+    Problems are what :func:`service.engine.policy.load` refuses (the file merged over the built-in
     policy, checked against the schema): the service would not start with the file.
     Warnings are keys the service accepts but that change nothing: a rule id that no rule
     has, a value set or drug class that does not exist.
@@ -236,7 +237,7 @@ def policy_file_problems(path: str | Path) -> tuple[list[str], list[str]]:
 
 
 def _no_effect(site: Mapping[str, Any]) -> list[str]:
-    from .rules import RULES
+    from service.engine.rules import RULES
 
     valuesets = load_yaml("valuesets.yaml")
     known = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..record import Fact
+from service.engine.record import Fact
+
 from .base import Evaluation, finding, rule
 from .dosing import latest_weight
 from .monitoring import BP_ORDER, PHQ9_ORDER, WEIGHT_ORDER

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..record import Fact, Observation
+from service.engine.record import Fact, Observation
+
 from .base import Evaluation, finding, rule
 from .regimen import admin_facts, rating_codes
 

@@ -18,8 +18,8 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_hooks.models import INDICATOR_RANK, Action, Card, Coding, Link, Source, Suggestion
+from service import __version__
 
-from . import __version__
 from .rules import RULES, Finding
 from .rules.base import SuggestionSpec
 from .terminology import load_yaml

@@ -6,8 +6,9 @@ statements, or one completed/stopped within ``policy.recent_med_days`` (drugs li
 
 from __future__ import annotations
 
-from ..record import Fact
-from ..terminology import Ingredient
+from service.engine.record import Fact
+from service.engine.terminology import Ingredient
+
 from .base import Evaluation, finding, rule
 from .conditions import facts, found
 

@@ -2,7 +2,7 @@
 
 Under gunicorn every worker is a process of its own, so the metrics use prometheus-client's
 multiprocess mode: each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
-(``service.gunicorn_conf`` creates one when it is not set, and empties it at start) and
+(``service.web.gunicorn_conf`` creates one when it is not set, and empties it at start) and
 ``GET /metrics``, in whichever worker answers, adds up the files of all of them. Without that
 variable (a single process: the Flask test client, the CLI) the values live in memory.
 
@@ -32,8 +32,7 @@ from cds_hooks.auth import FAILURE_REASONS
 from cds_hooks.errors import CDSHooksError
 from cds_hooks.models import Card
 from cds_hooks.observer import FETCH_OUTCOMES, Observer
-
-from .rules import RULES
+from service.engine.rules import RULES
 
 OTHER = "other"
 INDICATORS = frozenset({"info", "warning", "critical"})

@@ -1,6 +1,6 @@
 """Value sets as data, and the one matcher every rule uses.
 
-The value sets live in ``service/data/valuesets.yaml`` (reviewed by clinical governance).
+The value sets live in ``service/engine/data/valuesets.yaml`` (reviewed by clinical governance).
 Matching a FHIR CodeableConcept against them follows one rule set:
 
 * a *verified* code matches on its own (ICD-10-CM by prefix with dots ignored, others exactly);
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-DATA = resources.files("service") / "data"
+DATA = resources.files("service.engine") / "data"
 
 
 def load_yaml(name: str) -> Any:

@@ -5,7 +5,7 @@ and choose the drug and dose; the page sends it through the service and shows th
 a clinician would see them, the raw JSON beside them, and the time the evaluation took.
 
 The evaluation is the service's own: :func:`cds_hooks.service.handle` with the app's service
-catalogue (through :func:`service.toolkit.evaluate`), run server-side by this blueprint's
+catalogue (through :func:`service.tools.toolkit.evaluate`), run server-side by this blueprint's
 route, so the page needs no caller JWT. Nothing is fetched from a ``fhirServer`` (keys that
 are not prefetched come back as "could not be checked" cards), except that a fixture without
 prefetch is answered from the fixture it names, as in the tests.
@@ -36,13 +36,12 @@ from markupsafe import Markup
 
 from cds_hooks.service import ServiceCatalog
 from cds_hooks.validation import InputLimits
+from service.config import ConfigError, Settings
+from service.tools import toolkit
+from service.tools.convert import ConversionError, resources_from
+from service.tools.fixtures import dated, fixtures_dir, load, names
 
-from . import toolkit
-from .config import ConfigError, Settings
-from .convert import ConversionError, resources_from
-from .fixtures import dated, fixtures_dir, load, names
-
-log = logging.getLogger("service.preview")
+log = logging.getLogger("service.web.preview")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "

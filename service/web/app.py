@@ -14,21 +14,23 @@ from cds_hooks.http import ProtocolSettings, create_blueprint, install, json_res
 from cds_hooks.replay import open_replay_cache
 from cds_hooks.service import ServiceCatalog, handle
 from cds_hooks.validation import InputLimits, validator
+from service import __version__
+from service.config import ConfigError, Settings
+from service.engine import policy
+from service.engine.hooks import Clock, KetamineCDS, Recorder
+from service.engine.rulebook import catalogue
+from service.engine.rules import RULES
+from service.engine.terminology import Terminology, load_yaml
+from service.registry import Registry
+from service.tools.convert import ketamine_order, to_hook_request
 
-from . import __version__, logs, policy
-from .config import ConfigError, Settings
-from .convert import ketamine_order, to_hook_request
+from . import logs
+from .admin import admin_blueprint
 from .health import health_blueprint
-from .hooks import Clock, KetamineCDS, Recorder
 from .metrics import Metrics, metrics_blueprint
 from .preview import preview_blueprint, preview_enabled
-from .registry import Registry
-from .registry.admin import admin_blueprint
-from .rulebook import catalogue
-from .rules import RULES
-from .terminology import Terminology, load_yaml
 
-log = logging.getLogger("service.app")
+log = logging.getLogger("service.web.app")
 
 
 def build_engine(
@@ -130,7 +132,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         )
     if registry and settings.admin_token:
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
-    # probes and metrics: no caller JWT (see service.health, service.metrics)
+    # probes and metrics: no caller JWT (see service.web.health, service.web.metrics)
     checks = {"policy": lambda: _loaded(engine)}
     if registry:
         checks["registry"] = registry.ping

@@ -26,8 +26,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from cds_hooks.http import json_response
-
-from . import __version__
+from service import __version__
 
 #: seconds a readiness result is reused
 CACHE_SECONDS = 1.0

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
+from service import __version__
+
 from .cards import sources
 from .policy import Policy, schema
 from .rules import RULES

@@ -1,7 +1,7 @@
 """The integration engineers' commands of ``ketamine-cds``: evaluate, request, fixtures, rules
-and policy. :func:`register` adds them to the ``main`` group of ``service.cli``.
+and policy. :func:`register` adds them to the ``main`` group of ``service.tools.cli``.
 
-Every evaluation runs through :func:`service.toolkit.evaluate`, which is the service's own
+Every evaluation runs through :func:`service.tools.toolkit.evaluate`, which is the service's own
 request pipeline (:func:`cds_hooks.service.handle`), offline: nothing is fetched from a FHIR
 server and nothing is recorded in the registry.
 """
@@ -80,9 +80,9 @@ def _stderr() -> Console:
 
 def _engine(policy_file: str | None = None, clock=None):
     """The ketamine service without HTTP or registry, as configured by KCDS_* variables."""
-    from .app import build_engine
-    from .config import ConfigError, Settings
-    from .policy import PolicyError
+    from service.config import ConfigError, Settings
+    from service.engine.policy import PolicyError
+    from service.web.app import build_engine
 
     try:
         settings = Settings.from_env()
@@ -572,7 +572,7 @@ def rules(
     rule_id: str | None, as_json: bool, markdown: bool, into: str | None, policy_file: str | None
 ) -> None:
     """The rule catalogue with the live thresholds of the active site policy."""
-    from .rulebook import catalogue
+    from service.engine.rulebook import catalogue
 
     cat = catalogue(_engine(policy_file).policy)
     chosen = cat["rules"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..record import Condition, Fact
-from ..terminology import ConceptMatch
+from service.engine.record import Condition, Fact
+from service.engine.terminology import ConceptMatch
+
 from .base import Evaluation
 
 

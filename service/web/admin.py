@@ -14,9 +14,8 @@ from flask import Blueprint, Response, request
 
 from cds_hooks.errors import CDSHooksError, bad_request
 from cds_hooks.http import json_response
-
-from .governance import parse_since, summary
-from .store import TRANSIENT, Store
+from service.registry.governance import parse_since, summary
+from service.registry.store import TRANSIENT, Store
 
 
 def admin_blueprint(store: Store, token: str) -> Blueprint:

@@ -3,7 +3,8 @@ blood pressure (ketamine-rules.md §5, R01–R19, R40)."""
 
 from __future__ import annotations
 
-from ..record import Fact
+from service.engine.record import Fact
+
 from .base import Evaluation, SuggestionSpec, finding, rule
 from .conditions import by_drug, facts, found
 

@@ -12,10 +12,10 @@ from typing import Any
 import click
 import orjson
 
-from ..config import ConfigError, Settings
-from . import governance
-from .schema import RegistryError
-from .store import TRANSIENT, Store, open_store
+from service.config import ConfigError, Settings
+from service.registry import governance
+from service.registry.schema import RegistryError
+from service.registry.store import TRANSIENT, Store, open_store
 
 
 def _settings() -> Settings:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from ..orders import DraftOrder
-from ..policy import Policy
-from ..record import Fact, PatientRecord
-from ..terminology import Terminology
+from service.engine.orders import DraftOrder
+from service.engine.policy import Policy
+from service.engine.record import Fact, PatientRecord
+from service.engine.terminology import Terminology
 
-log = logging.getLogger("service.rules")
+log = logging.getLogger("service.engine.rules")
 
 Severity = Literal["critical", "warning", "info"]
 Scope = Literal["any", "all", "K", "KIV", "E", "course"]  # any: every hook
@@ -26,7 +26,7 @@ Scope = Literal["any", "all", "K", "KIV", "E", "course"]  # any: every hook
 
 @dataclass(frozen=True)
 class SuggestionSpec:
-    """What a card should offer; rendered into CDS Hooks actions by ``service.cards``."""
+    """What a card should offer; rendered into CDS Hooks actions by ``service.engine.cards``."""
 
     kind: Literal["delete-order", "update-dose", "order-observation"]
     label: str

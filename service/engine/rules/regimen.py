@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from ..record import Administration, Fact
+from service.engine.record import Administration, Fact
+
 from .base import Evaluation, finding, rule
 
 

@@ -3,7 +3,8 @@ explicit units: mg and g are accepted; any other unit is reported, never guessed
 
 from __future__ import annotations
 
-from ..record import Fact, Observation, weight_kg
+from service.engine.record import Fact, Observation, weight_kg
+
 from .base import Evaluation, SuggestionSpec, finding, rule
 from .conditions import facts, found
 

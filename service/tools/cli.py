@@ -7,9 +7,10 @@ import sys
 
 import click
 
-from . import __version__
+from service import __version__
+
 from .cli_tools import register as register_tools
-from .registry.cli import registry
+from .registry import registry
 
 
 @click.group()
@@ -28,7 +29,7 @@ def main() -> None:
     help="gunicorn worker processes (default: KCDS_WORKERS or 2).",
 )
 def serve(host: str, port: int, workers: int | None) -> None:
-    """Run the service under gunicorn (WSGI entry service.wsgi:app)."""
+    """Run the service under gunicorn (WSGI entry service.web.wsgi:app)."""
     workers = workers or int(os.environ.get("KCDS_WORKERS", "2"))
     args = [
         sys.executable,
@@ -39,8 +40,8 @@ def serve(host: str, port: int, workers: int | None) -> None:
         "--workers",
         str(workers),
         "--config",
-        "python:service.gunicorn_conf",
-        "service.wsgi:app",
+        "python:service.web.gunicorn_conf",
+        "service.web.wsgi:app",
     ]
     os.execv(sys.executable, args)
 

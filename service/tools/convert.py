@@ -63,7 +63,7 @@ NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 
-#: The service's prefetch keys (``service.hooks.prefetch_templates``), in template order.
+#: The service's prefetch keys (``service.engine.hooks.prefetch_templates``), in template order.
 PREFETCH_KEYS = (
     "patient",
     "conditions",

@@ -1,0 +1,1 @@
+"""Developer and operator tooling: the ``ketamine-cds`` CLI, the converter, fixture loading."""

@@ -1,0 +1,5 @@
+"""The gunicorn entry point: ``gunicorn service.web.wsgi:app``."""
+
+from .app import create_app
+
+app = create_app()

@@ -1,5 +1,0 @@
-"""The gunicorn entry point: ``gunicorn service.wsgi:app``."""
-
-from .app import create_app
-
-app = create_app()
