@@ -12,7 +12,7 @@ from cds_hooks.validation import check_request
 from service.engine.hooks import prefetch_templates
 from service.tools import convert
 
-SAMPLES = Path(__file__).resolve().parent.parent / "fixtures" / "synthea"
+SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "synthea"
 # Synthea sample (source A of SOURCES.md: smart-on-fhir/generated-sample-data, Apache-2.0)
 ENDA = SAMPLES / "Enda_Schaefer_dd760206-6c4e-4e25-a799-f5c563e489a1.json"
 ENDA_ID = "d070e7dd-4d25-4c52-9fb2-78d232e1cf2c"  # the Patient.id, not the file name's

@@ -14,7 +14,7 @@ from service.engine.rules import RULES
 from service.tools.fixtures import card_rules, compare, load, names
 from service.web.app import build_engine, create_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = (ROOT / "docs" / "clinical" / "ketamine-rules.md").read_text("utf-8")
 SPEC_IDS = sorted(set(re.findall(r"^\| ([RP]\d\d) \|", SPEC, re.M)))
 CONTRAINDICATIONS = {"R01", "R02", "R03", "R04", "R09", "R16"}
