@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -37,12 +37,15 @@ class SuggestionSpec:
 
 @dataclass(frozen=True)
 class Finding:
-    rule_id: str
+    """What a rule found. A rule leaves ``rule_id`` and ``order`` to :func:`evaluate`, which
+    stamps the id the rule is registered under and the order it was evaluated for."""
+
     severity: Severity
     summary: str  # < 140 characters, names the problem and the drug
     detail: str  # markdown: why it matters, what to do
     facts: tuple[Fact, ...] = ()
     suggestions: tuple[SuggestionSpec, ...] = ()
+    rule_id: str = ""
     order: str | None = None  # the draft order it is about
 
 
@@ -143,24 +146,14 @@ def rule(
 
 
 def finding(
-    ev: Evaluation,
-    rule_id: str,
     severity: Severity,
     summary: str,
     detail: str,
     facts: Iterable[Fact] = (),
     suggestions: Iterable[SuggestionSpec] = (),
 ) -> Finding:
-    """A finding about the evaluation's order (if any)."""
-    return Finding(
-        rule_id,
-        severity,
-        summary,
-        detail,
-        tuple(facts),
-        tuple(suggestions),
-        ev.order.ref if ev.order else None,
-    )
+    """A finding of the rule being run (``evaluate`` stamps its id and the order)."""
+    return Finding(severity, summary, detail, tuple(facts), tuple(suggestions))
 
 
 def evaluate(ev: Evaluation, scopes: Iterable[Scope]) -> list[Finding]:
@@ -184,21 +177,17 @@ def evaluate(ev: Evaluation, scopes: Iterable[Scope]) -> list[Finding]:
             )
             results = [
                 finding(
-                    ev,
-                    r.id,
                     "warning",
                     f"Rule {r.id} ({r.title}) could not be checked"[:139],
                     "The service failed while checking this rule; the failure is logged. Check "
                     "this yourself.",
                 )
             ]
+        order = ev.order.ref if ev.order else None
         for f in results:
-            severity = ev.policy.severity(r.id, f.severity)
-            if severity != f.severity:
-                f = Finding(
-                    f.rule_id, severity, f.summary, f.detail, f.facts, f.suggestions, f.order
-                )
-            out.append(f)
+            out.append(
+                replace(f, rule_id=r.id, order=order, severity=ev.policy.severity(r.id, f.severity))
+            )
     return out
 
 

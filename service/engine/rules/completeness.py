@@ -37,7 +37,7 @@ LOW_WEIGHT = {"procedures"}
     reads=("prefetch", "FHIR server"),
     trigger="a prefetch key was neither sent nor fetchable, or only part of it arrived",
 )
-def d01(ev: Evaluation):
+def patient_data_could_not_be_obtained(ev: Evaluation):
     gaps = ev.record.gaps
     if not gaps:
         return None
@@ -47,8 +47,6 @@ def d01(ev: Evaluation):
         for key, reason in sorted(gaps.items())
     ]
     return finding(
-        ev,
-        "D01",
         severity,
         f"Could not check all safety data for {ev.drug}: {', '.join(sorted(gaps))[:70]}",
         "Part of the record could not be obtained, so the checks below were not run. "
@@ -65,14 +63,12 @@ def d01(ev: Evaluation):
     reads=("prefetch",),
     trigger="resources of another patient or duplicates were present in the data",
 )
-def d02(ev: Evaluation):
+def record_data_ignored(ev: Evaluation):
     ignored = ev.record.ignored
     if not ignored:
         return None
     counts = ", ".join(f"{n} {why}" for why, n in sorted(ignored.items()))
     return finding(
-        ev,
-        "D02",
         "info",
         f"Record data ignored in the {ev.drug} check: {counts}"[:139],
         "Resources that belong to another patient, or repeat one already read, were left out "
@@ -92,7 +88,7 @@ def d02(ev: Evaluation):
     sign_only=True,
     trigger="no blood pressure within the window",
 )
-def r33(ev: Evaluation):
+def no_recent_blood_pressure(ev: Evaluation):
     if ev.missing("observations"):
         return None
     since = ev.days_ago(ev.policy.bp_window_days)
@@ -100,8 +96,6 @@ def r33(ev: Evaluation):
         return None
     last = next(iter(ev.record.blood_pressures), None)
     return finding(
-        ev,
-        "R33",
         "warning",
         f"No blood pressure in the last {ev.policy.bp_window_days} days before {ev.drug}",
         "Blood pressure must be checked before the dose: ketamine and esketamine raise it, and "
@@ -122,7 +116,7 @@ def r33(ev: Evaluation):
     sign_only=True,
     trigger="no body weight in a usable unit within the window",
 )
-def r34(ev: Evaluation):
+def no_recent_weight(ev: Evaluation):
     if ev.missing("observations"):
         return None
     weight = latest_weight(ev)
@@ -138,8 +132,6 @@ def r34(ev: Evaluation):
         why = f"No body weight is recorded in the last {ev.policy.weight_window_days} days."
         found_facts = (Fact("Observation", value="no body weight 29463-7 in the window"),)
     return finding(
-        ev,
-        "R34",
         "warning",
         f"No usable recent weight: the {ev.drug} mg/kg dose cannot be checked",
         f"{why} The antidepressant dose is weight-based (0.5 mg/kg studied).",
@@ -159,7 +151,7 @@ def r34(ev: Evaluation):
     sign_only=True,
     trigger="female of reproductive age with no pregnancy status or test in the window",
 )
-def r35(ev: Evaluation):
+def pregnancy_status_not_documented(ev: Evaluation):
     p = ev.policy
     age = ev.record.age_on(ev.order_time)
     if ev.record.gender != "female" or age is None or ev.missing("observations"):
@@ -173,8 +165,6 @@ def r35(ev: Evaluation):
     if ev.record.latest(codes, since=ev.days_ago(p.pregnancy_window_days)):
         return None
     return finding(
-        ev,
-        "R35",
         "info",
         f"Document pregnancy status before {ev.drug}",
         f"No pregnancy status or test in the last {p.pregnancy_window_days} days for a patient "
@@ -194,7 +184,7 @@ def r35(ev: Evaluation):
     sign_only=True,
     trigger="no PHQ-9 (or site scale) in the 30 days before the first dose",
 )
-def r36(ev: Evaluation):
+def no_baseline_depression_rating(ev: Evaluation):
     if ev.missing("observations"):
         return None
     first = ev.record.administrations[0].when if ev.record.administrations else ev.now
@@ -207,8 +197,6 @@ def r36(ev: Evaluation):
     if window:
         return None
     return finding(
-        ev,
-        "R36",
         "info",
         f"Record a baseline PHQ-9 before the first {ev.drug} dose",
         f"No PHQ-9 or site rating scale in the {days} days before the first dose; without a "

@@ -12,7 +12,7 @@ REMOVE = SuggestionSpec("delete-order", "Remove this draft order")
 E_OR_K = "E critical / K warning"
 
 
-def _label_ci(ev: Evaluation, rule_id: str, valueset: str, problem: str, why_e: str, why_k: str):
+def _label_ci(ev: Evaluation, valueset: str, problem: str, why_e: str, why_k: str):
     """R01–R03: an esketamine label contraindication, a caution for off-label ketamine."""
     hits = found(ev, valueset, history_counts=True)
     if not hits:
@@ -24,7 +24,7 @@ def _label_ci(ev: Evaluation, rule_id: str, valueset: str, problem: str, why_e: 
     else:
         summary = f"{problem}: a blood pressure rise with {ev.drug} may be hazardous"
         detail = why_k
-    return finding(ev, rule_id, severity, summary, detail, facts(hits), (REMOVE,))
+    return finding(severity, summary, detail, facts(hits), (REMOVE,))
 
 
 @rule(
@@ -36,10 +36,9 @@ def _label_ci(ev: Evaluation, rule_id: str, valueset: str, problem: str, why_e: 
     reads=("Condition",),
     trigger="aneurysm (I71.*, I67.1, I72.*, I25.41, I25.3 or SNOMED), history counts",
 )
-def r01(ev: Evaluation):
+def aneurysmal_vascular_disease(ev: Evaluation):
     return _label_ci(
         ev,
-        "R01",
         "aneurysm",
         "Aneurysmal vascular disease",
         "Aneurysmal vascular disease (aortic, intracranial or peripheral arterial) is a "
@@ -60,10 +59,9 @@ def r01(ev: Evaluation):
     reads=("Condition",),
     trigger="arteriovenous malformation (Q28.0, Q28.2, Q27.3* or SNOMED), history counts",
 )
-def r02(ev: Evaluation):
+def arteriovenous_malformation(ev: Evaluation):
     return _label_ci(
         ev,
-        "R02",
         "avm",
         "Arteriovenous malformation",
         "An arteriovenous malformation is a contraindication on the Spravato label (blood "
@@ -82,10 +80,9 @@ def r02(ev: Evaluation):
     reads=("Condition",),
     trigger="intracerebral haemorrhage (I61.*, I69.1*; also I60.*, I62.*), history counts",
 )
-def r03(ev: Evaluation):
+def intracerebral_haemorrhage_history(ev: Evaluation):
     return _label_ci(
         ev,
-        "R03",
         "intracranial_haemorrhage",
         "History of intracranial haemorrhage",
         "A history of intracerebral haemorrhage is a contraindication on the Spravato label. "
@@ -104,15 +101,13 @@ def r03(ev: Evaluation):
     reads=("AllergyIntolerance",),
     trigger="an active allergy or intolerance to ketamine or esketamine (code or text)",
 )
-def r04(ev: Evaluation):
+def ketamine_or_esketamine_hypersensitivity(ev: Evaluation):
     hits = [
         (a, m) for a in ev.record.allergies for m in a.matches if m.valueset == "ketamine_allergy"
     ]
     if not hits:
         return None
     return finding(
-        ev,
-        "R04",
         "critical",
         f"Documented ketamine/esketamine hypersensitivity: do not give {ev.drug}",
         "Known hypersensitivity to ketamine, esketamine or an excipient is a contraindication "
@@ -131,13 +126,11 @@ def r04(ev: Evaluation):
     reads=("Condition",),
     trigger="psychotic disorder (F20–F29, F32.3, F33.3, F31.2, F31.5, F06.2), history counts",
 )
-def r05(ev: Evaluation):
+def psychotic_disorder(ev: Evaluation):
     hits = found(ev, "psychosis", history_counts=True)
     if not hits:
         return None
     return finding(
-        ev,
-        "R05",
         "warning",
         f"Psychotic disorder on record: dissociation risk with {ev.drug}",
         "Ketamine and esketamine cause dissociation and perceptual changes. The Spravato label "
@@ -157,7 +150,7 @@ def r05(ev: Evaluation):
     thresholds=("sud_lookback_days",),
     trigger="F10–F19 active or within the look-back; F16.* (covers ketamine) at any time",
 )
-def r07(ev: Evaluation):
+def substance_use_disorder(ev: Evaluation):
     since = ev.days_ago(ev.policy.sud_lookback_days)
     misuse = found(ev, "hallucinogen_use", history_counts=True)
     named = {c.ref for c, _ in misuse}
@@ -176,8 +169,6 @@ def r07(ev: Evaluation):
         summary = f"Substance use disorder: assess misuse risk before {ev.drug}"
         extra = ""
     return finding(
-        ev,
-        "R07",
         "warning",
         summary,
         "Ketamine and esketamine are Schedule III with abuse potential. Assess the risk of "
@@ -217,7 +208,7 @@ def _hazard(ev: Evaluation, bp) -> bool:
     "threshold, which R09 reports); a hypertension diagnosis with normal readings is "
     "an info note",
 )
-def r08(ev: Evaluation):
+def elevated_blood_pressure(ev: Evaluation):
     p = ev.policy
     bp = _recent_bp(ev)
     if (
@@ -229,8 +220,6 @@ def r08(ev: Evaluation):
         )
     ):
         return finding(
-            ev,
-            "R08",
             "warning",
             f"Blood pressure {bp.text()}: weigh delaying {ev.drug}",
             f"The latest blood pressure is at or above {p.bp_caution_systolic:g}/"
@@ -242,8 +231,6 @@ def r08(ev: Evaluation):
     hypertension = found(ev, "hypertension")
     if hypertension and bp is not None and not _hazard(ev, bp):
         return finding(
-            ev,
-            "R08",
             "info",
             f"Hypertension on record: recheck BP ({bp.text()}) before {ev.drug}",
             "Hypertension is recorded; recheck blood pressure before the dose.",
@@ -268,7 +255,7 @@ def r08(ev: Evaluation):
     trigger="latest BP in the window at or above the hazard threshold, or a hypertensive "
     "crisis (I16.*) in the crisis window",
 )
-def r09(ev: Evaluation):
+def hazardous_blood_pressure_or_hypertensive_crisis(ev: Evaluation):
     p = ev.policy
     bp = _recent_bp(ev)
     crisis = [
@@ -281,8 +268,6 @@ def r09(ev: Evaluation):
     found_facts = (bp.facts if _hazard(ev, bp) else ()) + facts(crisis)
     what = f"Blood pressure {bp.text()}" if _hazard(ev, bp) else "Recent hypertensive crisis"
     return finding(
-        ev,
-        "R09",
         "critical",
         f"{what}: a further rise with {ev.drug} may be hazardous",
         f"Blood pressure at or above {p.bp_hazard_systolic:g}/{p.bp_hazard_diastolic:g} mmHg "
@@ -306,7 +291,7 @@ def r09(ev: Evaluation):
     trigger="ischaemic heart disease I20–I25, heart failure I50.*, stroke I63.* (active); "
     "unstable angina and recent MI named",
 )
-def r10(ev: Evaluation):
+def cardiovascular_or_cerebrovascular_disease(ev: Evaluation):
     hits = found(ev, "ischaemic_heart_disease") + found(ev, "heart_failure") + found(ev, "stroke")
     if not hits:
         return None
@@ -320,8 +305,6 @@ def r10(ev: Evaluation):
             "ketamine in severe coronary disease."
         )
     return finding(
-        ev,
-        "R10",
         "warning",
         f"Cardio-/cerebrovascular disease: individual risk assessment before {ev.drug}",
         "Ketamine and esketamine raise blood pressure and heart rate. Assess cardiovascular "
@@ -341,15 +324,13 @@ def r10(ev: Evaluation):
     thresholds=("head_injury_days",),
     trigger="G93.2, G93.5, G93.6, G91.* (active), or intracranial injury S06.* in the window",
 )
-def r11(ev: Evaluation):
+def possible_raised_intracranial_pressure(ev: Evaluation):
     hits = found(ev, "raised_icp") + found(
         ev, "intracranial_injury", since=ev.days_ago(ev.policy.head_injury_days)
     )
     if not hits:
         return None
     return finding(
-        ev,
-        "R11",
         "warning",
         f"Possible raised intracranial pressure: {ev.drug} may raise it further",
         "Ketamine raises cerebrospinal fluid pressure; the Spravato label advises against use "
@@ -359,9 +340,9 @@ def r11(ev: Evaluation):
     )
 
 
-def _info(ev: Evaluation, rule_id: str, valueset: str, summary: str, detail: str):
+def _info(ev: Evaluation, valueset: str, summary: str, detail: str):
     hits = found(ev, valueset)
-    return finding(ev, rule_id, "info", summary, detail, facts(hits)) if hits else None
+    return finding("info", summary, detail, facts(hits)) if hits else None
 
 
 @rule(
@@ -373,10 +354,9 @@ def _info(ev: Evaluation, rule_id: str, valueset: str, summary: str, detail: str
     reads=("Condition",),
     trigger="glaucoma H40.* (active)",
 )
-def r12(ev: Evaluation):
+def glaucoma(ev: Evaluation):
     return _info(
         ev,
-        "R12",
         "glaucoma",
         f"Glaucoma: {ev.drug} may raise intraocular pressure",
         "Ketamine can raise intraocular pressure; check that glaucoma is controlled.",
@@ -392,12 +372,10 @@ def r12(ev: Evaluation):
     reads=("Condition",),
     trigger="hyperthyroidism E05.* (active); with thyroid storm (E05.*1) a warning",
 )
-def r13(ev: Evaluation):
+def hyperthyroidism(ev: Evaluation):
     storm = found(ev, "thyroid_storm")
     if storm:
         return finding(
-            ev,
-            "R13",
             "warning",
             f"Thyrotoxic crisis recorded: avoid {ev.drug} until controlled",
             "Untreated or insufficiently treated hyperthyroidism is a contraindication on a "
@@ -406,7 +384,6 @@ def r13(ev: Evaluation):
         )
     return _info(
         ev,
-        "R13",
         "hyperthyroidism",
         f"Hyperthyroidism: confirm it is controlled before {ev.drug}",
         "Uncontrolled hyperthyroidism is a contraindication on a non-US ketamine label.",
@@ -422,10 +399,9 @@ def r13(ev: Evaluation):
     reads=("Condition",),
     trigger="liver disease K70–K77 or R74.01 (active)",
 )
-def r14(ev: Evaluation):
+def liver_disease(ev: Evaluation):
     return _info(
         ev,
-        "R14",
         "liver_disease",
         f"Liver disease: watch liver function with {ev.drug}",
         "The ketamine label warns of drug-induced liver injury with repeated use; "
@@ -442,10 +418,9 @@ def r14(ev: Evaluation):
     reads=("Condition",),
     trigger="cystitis N30.1*, N30.2* (active)",
 )
-def r15(ev: Evaluation):
+def interstitial_or_ulcerative_cystitis(ev: Evaluation):
     return _info(
         ev,
-        "R15",
         "cystitis",
         f"Cystitis on record: monitor bladder symptoms on {ev.drug}",
         "Ulcerative or interstitial cystitis is reported with long-term ketamine use; "
@@ -462,12 +437,10 @@ def r15(ev: Evaluation):
     reads=("Patient.birthDate",),
     trigger="age under 18 at the order date (or age unknown)",
 )
-def r16(ev: Evaluation):
+def under_18(ev: Evaluation):
     age = ev.record.age_on(ev.order_time)
     if age is None:
         return finding(
-            ev,
-            "R16",
             "warning",
             f"Age not recorded: cannot check the adult-only use of {ev.drug}",
             "Patient.birthDate is missing, so the under-18 check could not run. Esketamine is "
@@ -478,8 +451,6 @@ def r16(ev: Evaluation):
         return None
     severity = by_drug(ev, "critical", "warning")
     return finding(
-        ev,
-        "R16",
         severity,
         f"Patient is {age} years old: {ev.drug} is not approved under 18",
         "Safety and effectiveness in patients under 18 are not established (Spravato label); "
@@ -510,7 +481,7 @@ def r16(ev: Evaluation):
     trigger="active pregnancy code, an O-chapter condition with recent onset (not O00–O08), "
     "latest pregnancy status 'pregnant', or a positive hCG in the window",
 )
-def r17(ev: Evaluation):
+def pregnancy(ev: Evaluation):
     p = ev.policy
     age = ev.record.age_on(ev.order_time)
     if age is not None and not p.reproductive_age_min <= age <= p.reproductive_age_max:
@@ -535,8 +506,6 @@ def r17(ev: Evaluation):
     if not hits:
         return None
     return finding(
-        ev,
-        "R17",
         "warning",
         f"Pregnancy recorded: {ev.drug} may cause fetal harm",
         "Animal data suggest fetal harm; esketamine is not recommended in pregnancy. Discuss "
@@ -560,13 +529,11 @@ def positive(text: str) -> bool:
     reads=("Condition",),
     trigger="lactation Z39.1 (active)",
 )
-def r18(ev: Evaluation):
+def breastfeeding(ev: Evaluation):
     hits = found(ev, "breastfeeding")
     if not hits:
         return None
     return finding(
-        ev,
-        "R18",
         "warning",
         f"Breastfeeding: not recommended during {ev.drug} treatment",
         "Esketamine passes into breast milk; breastfeeding during treatment is not recommended "
@@ -585,13 +552,11 @@ def r18(ev: Evaluation):
     thresholds=("esketamine_elderly_age",),
     trigger="esketamine for a patient at or above the age threshold",
 )
-def r19(ev: Evaluation):
+def age_65_or_over_esketamine(ev: Evaluation):
     age = ev.record.age_on(ev.order_time)
     if age is None or age < ev.policy.esketamine_elderly_age:
         return None
     return finding(
-        ev,
-        "R19",
         "info",
         f"Age {age}: higher esketamine exposure; start cautiously",
         "Esketamine peak levels and exposure are higher in older patients; start cautiously "
@@ -609,14 +574,12 @@ def r19(ev: Evaluation):
     reads=("Condition",),
     trigger="no major depression diagnosis (F32.0–F32.5, F32.9, F33.*); bipolar only → warning",
 )
-def r40(ev: Evaluation):
+def diagnosis_outside_the_evidence_base(ev: Evaluation):
     if ev.missing("conditions") or found(ev, "major_depression", history_counts=True):
         return None
     bipolar = found(ev, "bipolar", history_counts=True)
     if bipolar:
         return finding(
-            ev,
-            "R40",
             "warning",
             f"Bipolar disorder without major depression: {ev.drug} is "
             "off-label and less studied here",
@@ -625,8 +588,6 @@ def r40(ev: Evaluation):
             facts(bipolar),
         )
     return finding(
-        ev,
-        "R40",
         "info",
         f"No major depression diagnosis recorded for this {ev.drug} order",
         "The evidence base and the esketamine indication are for major depressive disorder. "

@@ -46,7 +46,7 @@ def _order_fact(ev: Evaluation, value: str) -> Fact:
     trigger="BMI at or above the policy threshold (observation, or a BMI 30+ diagnosis when "
     "the threshold is 30 or lower)",
 )
-def r06(ev: Evaluation):
+def weight_basis_in_obesity(ev: Evaluation):
     limit = ev.policy.bmi_weight_basis
     bmi = ev.record.latest(
         ev.terminology.loinc_codes("bmi"), since=ev.days_ago(ev.policy.weight_window_days)
@@ -65,8 +65,6 @@ def r06(ev: Evaluation):
         else "No usable weight is recorded."
     )
     return finding(
-        ev,
-        "R06",
         "info",
         f"BMI ≥ {limit:g}: confirm which weight the {ev.drug} dose uses",
         "Whether to dose by actual or ideal body weight in obesity is not settled in the "
@@ -91,14 +89,12 @@ def r06(ev: Evaluation):
     trigger="dose ÷ latest weight outside target ± tolerance (warning); at or above the "
     "anaesthetic threshold (critical); a dose that cannot be read (warning)",
 )
-def r25(ev: Evaluation):
+def iv_ketamine_dose_per_kg(ev: Evaluation):
     p, order = ev.policy, ev.order
     if order.dose is None:
         if ev.hook != "order-sign":
             return None  # order-select: details may still be missing
         return finding(
-            ev,
-            "R25",
             "warning",
             f"No dose on the {ev.drug} order: cannot check mg/kg",
             "The order carries no doseQuantity, so the weight-based dose could not "
@@ -109,8 +105,6 @@ def r25(ev: Evaluation):
     per_kg = mg_per_kg(ev)
     if order.dose_mg_per_kg is None and order.dose_mg is None:
         return finding(
-            ev,
-            "R25",
             "warning",
             f"Dose unit “{order.dose.unit}” not understood: {ev.drug} dose not checked",
             "Only mg, g or mg/kg doses are checked; other units are not converted by guesswork. "
@@ -138,8 +132,6 @@ def r25(ev: Evaluation):
             )
     if per_kg >= p.dose_anaesthetic_mg_per_kg:
         return finding(
-            ev,
-            "R25",
             "critical",
             f"IV ketamine {per_kg:.2f} mg/kg is in the anaesthetic range "
             f"(≥ {p.dose_anaesthetic_mg_per_kg:g} mg/kg)",
@@ -150,8 +142,6 @@ def r25(ev: Evaluation):
             suggestions,
         )
     return finding(
-        ev,
-        "R25",
         "warning",
         f"IV ketamine {per_kg:.2f} mg/kg: studied antidepressant dose is "
         f"{p.dose_target_mg_per_kg:g} mg/kg",
@@ -174,14 +164,12 @@ def r25(ev: Evaluation):
     trigger="infusion shorter or longer than the policy window (from timing duration or the "
     "dosage text); not stated on order-sign",
 )
-def r26(ev: Evaluation):
+def iv_ketamine_infusion_time(ev: Evaluation):
     p, minutes = ev.policy, ev.order.minutes
     if minutes is None:
         if ev.hook != "order-sign":
             return None
         return finding(
-            ev,
-            "R26",
             "warning",
             f"Infusion time not stated on the {ev.drug} order",
             "The studied regimen is an infusion over 40 minutes; the order states no duration "
@@ -197,8 +185,6 @@ def r26(ev: Evaluation):
         summary = f"IV ketamine over {minutes:g} min: prolonged infusion, risks poorly understood"
         why = "Long infusions (up to days) carry poorly understood risks (founding editorial)."
     return finding(
-        ev,
-        "R26",
         "warning",
         summary,
         f"Most antidepressant studies infused over 40 minutes; this site accepts "
@@ -216,22 +202,18 @@ def r26(ev: Evaluation):
     reads=("MedicationRequest.dosageInstruction.route",),
     trigger="ketamine route not intravenous (IM, intranasal, oral, sublingual), or no route",
 )
-def r27(ev: Evaluation):
+def ketamine_by_a_route_other_than_iv(ev: Evaluation):
     route = ev.order.route
     if route == "iv":
         return None
     if route is None:
         return finding(
-            ev,
-            "R27",
             "info",
             "No route on the ketamine order: checked as IV",
             "The order states no route; the dose was checked as an IV dose. State the route.",
             (_order_fact(ev, "route not stated"),),
         )
     return finding(
-        ev,
-        "R27",
         "info",
         f"Ketamine by the {route} route: less studied than IV for depression",
         "IM, intranasal (compounded), oral and sublingual ketamine are understudied for "
@@ -251,15 +233,13 @@ def r27(ev: Evaluation):
     trigger="dose not 56 or 84 mg (28 mg only at 65+); first dose not 56 mg; 84 mg with no "
     "prior 56 mg",
 )
-def r28(ev: Evaluation):
+def esketamine_dose(ev: Evaluation):
     order = ev.order
     if order.dose is None:
         return (
             None
             if ev.hook != "order-sign"
             else finding(
-                ev,
-                "R28",
                 "warning",
                 "No dose on the Spravato order",
                 "The order carries no dose: state 56 or 84 mg.",
@@ -286,8 +266,6 @@ def r28(ev: Evaluation):
     if problem is None:
         return None
     return finding(
-        ev,
-        "R28",
         "warning",
         f"Spravato dose: {problem}"[:139],
         "Label schedule (TRD): day 1 56 mg, then 56 or 84 mg; one device is 28 mg. Adjust on "

@@ -43,15 +43,13 @@ def _names(hits: list[tuple[Fact, Ingredient]]) -> str:
     trigger="a current benzodiazepine, Z-drug, opioid or barbiturate, or active alcohol use "
     "disorder F10.*",
 )
-def r20(ev: Evaluation):
+def cns_depressant(ev: Evaluation):
     hits = current(ev, "cns_depressants")
     alcohol = found(ev, "alcohol_use_disorder")
     if not hits and not alcohol:
         return None
     what = _names(hits) or "alcohol use disorder"
     return finding(
-        ev,
-        "R20",
         "warning",
         f"CNS depressant ({what[:60]}) with {ev.drug}: more sedation",
         "Benzodiazepines, opioids, other sedatives and alcohol add to the sedation and "
@@ -62,13 +60,11 @@ def r20(ev: Evaluation):
     )
 
 
-def _interaction(ev: Evaluation, rule_id: str, drug_class: str, summary: str, detail: str):
+def _interaction(ev: Evaluation, drug_class: str, summary: str, detail: str):
     hits = current(ev, drug_class)
     if not hits:
         return None
     return finding(
-        ev,
-        rule_id,
         "warning",
         summary.format(names=_names(hits)[:60], drug=ev.drug),
         detail,
@@ -86,10 +82,9 @@ def _interaction(ev: Evaluation, rule_id: str, drug_class: str, summary: str, de
     thresholds=("recent_med_days",),
     trigger="a current amphetamine, methylphenidate, modafinil or armodafinil",
 )
-def r21(ev: Evaluation):
+def psychostimulant(ev: Evaluation):
     return _interaction(
         ev,
-        "R21",
         "psychostimulants",
         "Psychostimulant ({names}) with {drug}: monitor BP closely",
         "Psychostimulants add to the blood pressure rise of ketamine/esketamine. Monitor blood "
@@ -108,10 +103,9 @@ def r21(ev: Evaluation):
     trigger="a current MAOI (phenelzine, tranylcypromine, isocarboxazid, moclobemide, "
     "selegiline, rasagiline)",
 )
-def r22(ev: Evaluation):
+def maoi(ev: Evaluation):
     return _interaction(
         ev,
-        "R22",
         "maois",
         "MAOI ({names}) with {drug}: marked BP rises reported",
         "Monoamine oxidase inhibitors with esketamine have produced marked blood pressure rises "
@@ -130,10 +124,9 @@ def r22(ev: Evaluation):
     thresholds=("recent_med_days",),
     trigger="current theophylline or aminophylline",
 )
-def r23(ev: Evaluation):
+def theophylline_or_aminophylline(ev: Evaluation):
     return _interaction(
         ev,
-        "R23",
         "theophyllines",
         "{names} with {drug}: seizure threshold may fall",
         "The ketamine label advises avoiding theophylline or aminophylline with ketamine: the "
@@ -150,15 +143,13 @@ def r23(ev: Evaluation):
     reads=("MedicationRequest", "MedicationStatement"),
     trigger="active lamotrigine or clonidine, or a regularly taken (active) benzodiazepine",
 )
-def r24(ev: Evaluation):
+def may_blunt_the_antidepressant_response(ev: Evaluation):
     hits = current(ev, "response_dampeners", active_only=True) + current(
         ev, "benzodiazepines", active_only=True
     )
     if not hits:
         return None
     return finding(
-        ev,
-        "R24",
         "info",
         f"{_names(hits)[:60]} may blunt the response to {ev.drug}",
         "The founding editorial names GABA-enhancing drugs (benzodiazepines), lamotrigine and "

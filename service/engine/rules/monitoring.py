@@ -62,10 +62,8 @@ consider end-tidal CO2 (editorial).
     trigger="every esketamine (Spravato) order",
     sign_only=True,
 )
-def r37(ev: Evaluation):
+def esketamine_rems_monitoring_plan(ev: Evaluation):
     return finding(
-        ev,
-        "R37",
         "info",
         "Spravato REMS: monitor ≥2 h, BP before and ~40 min after, pulse oximetry",
         REMS_PLAN,
@@ -83,10 +81,8 @@ def r37(ev: Evaluation):
     trigger="every ketamine order",
     sign_only=True,
 )
-def r38(ev: Evaluation):
+def ketamine_monitoring_plan(ev: Evaluation):
     return finding(
-        ev,
-        "R38",
         "info",
         f"{ev.drug[0].upper()}{ev.drug[1:]}: monitor BP, heart rate and SpO2; airway-trained "
         "clinician",

@@ -39,7 +39,7 @@ def rating_codes(ev: Evaluation) -> tuple[str, ...]:
     trigger="weeks 1–4: more than 2 doses in a rolling 7 days; week 5 on: more than 1, "
     "counting this order",
 )
-def r29(ev: Evaluation):
+def esketamine_frequency_above_the_label_schedule(ev: Evaluation):
     given = prior(ev, "esketamine")
     if not given:
         return None
@@ -51,8 +51,6 @@ def r29(ev: Evaluation):
         return None
     phase = "induction (weeks 1–4)" if induction else "maintenance (week 5 on)"
     return finding(
-        ev,
-        "R29",
         "warning",
         f"Spravato: {len(recent) + 1} doses in 7 days exceeds the {phase} schedule"[:139],
         f"Label schedule: twice weekly in weeks 1–4, once weekly in weeks 5–8, then every 1–2 "
@@ -70,15 +68,13 @@ def r29(ev: Evaluation):
     reads=("MedicationAdministration", "Observation 44261-6"),
     trigger="≥ 8 doses or ≥ 4 weeks since the first, and no rating scale since the first dose",
 )
-def r30(ev: Evaluation):
+def esketamine_induction_done_without_a_rating(ev: Evaluation):
     given = prior(ev, "esketamine")
     if not given or (len(given) < 8 and ev.now - given[0].when < timedelta(days=28)):
         return None
     if ev.record.latest(rating_codes(ev), since=given[0].when):
         return None
     return finding(
-        ev,
-        "R30",
         "info",
         "Spravato induction complete: assess benefit before continuing",
         "Judge the therapeutic benefit at the end of induction (4 weeks) before continuing; "
@@ -98,7 +94,7 @@ def r30(ev: Evaluation):
     trigger="at least the policy number of ketamine administrations in 30 days, or a course "
     "longer than the policy course length",
 )
-def r31(ev: Evaluation):
+def repeated_or_maintenance_ketamine(ev: Evaluation):
     p = ev.policy
     given = prior(ev, "ketamine")
     if not given:
@@ -112,8 +108,6 @@ def r31(ev: Evaluation):
     else:
         return None
     return finding(
-        ev,
-        "R31",
         "warning",
         summary,
         "Repeated and maintenance ketamine have poorly understood long-term risks (cognition, "
@@ -133,15 +127,13 @@ def r31(ev: Evaluation):
     thresholds=("min_hours_between",),
     trigger="a ketamine or esketamine administration within the minimum interval",
 )
-def r32(ev: Evaluation):
+def previous_dose_less_than_the_minimum_interval_ago(ev: Evaluation):
     since = ev.now - timedelta(hours=ev.policy.min_hours_between)
     recent = [a for a in prior(ev) if a.when > since]
     if not recent:
         return None
     hours = (ev.now - recent[-1].when).total_seconds() / 3600
     return finding(
-        ev,
-        "R32",
         "warning",
         f"Last {recent[-1].drug} dose {hours:.0f} h ago: check the schedule before {ev.drug}",
         f"A dose was given less than {ev.policy.min_hours_between:g} hours ago. Patients should "
@@ -160,7 +152,7 @@ def r32(ev: Evaluation):
     thresholds=("trd_min_trials", "trd_lookback_days"),
     trigger="fewer distinct antidepressants than the policy minimum in the look-back, and no ECT",
 )
-def r39(ev: Evaluation):
+def treatment_resistance_not_evident(ev: Evaluation):
     p = ev.policy
     if ev.missing("medicationRequests") or ev.missing("medicationStatements"):
         return None
@@ -177,8 +169,6 @@ def r39(ev: Evaluation):
         return None
     counted = ", ".join(trials) or "none"
     return finding(
-        ev,
-        "R39",
         "info",
         f"Treatment resistance not evident for {ev.drug}: {len(trials)} antidepressant(s) in "
         f"{p.trd_lookback_days} days",

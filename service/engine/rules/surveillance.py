@@ -37,12 +37,10 @@ def baseline_and_latest(ev: Evaluation) -> tuple[Observation | None, Observation
     reads=("MedicationAdministration", "Observation 44261-6"),
     trigger="a ketamine or esketamine course is on record",
 )
-def p01(ev: Evaluation):
+def course_summary(ev: Evaluation):
     admins = ev.record.administrations
     if not admins:
         return finding(
-            ev,
-            "P01",
             "info",
             f"Active {ev.drug} order; no session given yet",
             "A ketamine/esketamine order is active but no administration is recorded.",
@@ -67,8 +65,6 @@ def p01(ev: Evaluation):
     else:
         lines.append("- No baseline rating before the first dose")
     return finding(
-        ev,
-        "P01",
         "info",
         f"{ev.drug[0].upper()}{ev.drug[1:]} course: {len(admins)} sessions, last "
         f"{admins[-1].when.date()}",
@@ -87,7 +83,7 @@ def p01(ev: Evaluation):
     thresholds=("response_threshold",),
     trigger="4 weeks or more since the first dose and improvement below the response threshold",
 )
-def p02(ev: Evaluation):
+def no_response_after_4_weeks(ev: Evaluation):
     admins = ev.record.administrations
     if not admins or ev.now - admins[0].when < timedelta(days=28):
         return None
@@ -98,8 +94,6 @@ def p02(ev: Evaluation):
     if change >= ev.policy.response_threshold:
         return None
     return finding(
-        ev,
-        "P02",
         "warning",
         f"{change:.0%} improvement after {(ev.now - admins[0].when).days} days of {ev.drug}: "
         "reassess continuing",
@@ -121,7 +115,7 @@ def p02(ev: Evaluation):
     trigger="during an active course, the last rating is older than the reassessment "
     "interval (or there is none)",
 )
-def p03(ev: Evaluation):
+def reassessment_overdue(ev: Evaluation):
     admins = ev.record.administrations
     if not admins or admins[-1].when < ev.days_ago(ev.policy.course_active_days):
         return None
@@ -130,8 +124,6 @@ def p03(ev: Evaluation):
         return None
     last = f"last rating {scores[-1].when.date()}" if scores else "no rating recorded"
     return finding(
-        ev,
-        "P03",
         "info",
         f"Depression rating overdue during the {ev.drug} course ({last})",
         f"Reassess with a rating scale at least every {ev.policy.reassess_days} days during "
@@ -149,7 +141,7 @@ def p03(ev: Evaluation):
     reads=("Condition",),
     trigger="lower urinary tract symptoms or cystitis recorded after the first dose",
 )
-def p04(ev: Evaluation):
+def bladder_symptoms_during_the_course(ev: Evaluation):
     admins = ev.record.administrations
     if not admins:
         return None
@@ -165,8 +157,6 @@ def p04(ev: Evaluation):
     if not hits:
         return None
     return finding(
-        ev,
-        "P04",
         "warning",
         f"Urinary symptoms since starting {ev.drug}: consider ketamine cystitis",
         "Ulcerative or interstitial cystitis is reported with repeated ketamine use. Ask about "
