@@ -1,9 +1,22 @@
-"""Configuration from the environment (12-factor); every variable is in the README's table."""
+"""Configuration from the environment (12-factor): every ``KCDS_*`` variable is read here.
+
+Each setting is declared once, as a field of :class:`Settings`: its default (the field's),
+its variable, what it accepts and what it means (the field's :class:`Var`). ``from_env``
+reads them all; :func:`read` reads one (gunicorn's config and the fixture tools need only
+theirs); :func:`markdown_table` is the README's configuration table, which a test keeps
+equal to this module. To add a setting, add one field here (``_var(...)``), then run
+``.venv/bin/python -m service.config README.md`` to rewrite the table.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from cds_hooks.auth import TrustedIssuer, parse_trusted_issuers
@@ -13,123 +26,426 @@ from cds_hooks.fhir import AllowedServers
 HTTPS_ANY = ("https://",)
 LOOPBACK_HTTP = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 
+Env = Mapping[str, str]
+
 
 class ConfigError(ValueError):
     """A configuration value is unusable; the message names the variable."""
 
 
-def _number(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {raw}")
-    return value
+# -- readers: what a variable accepts, and how its text becomes a value ----------------------
 
 
-def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = env.get(name) or default
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
-    return value
+@dataclass(frozen=True)
+class Reader:
+    #: the values accepted, for the table ("seconds, 0–300")
+    accepts: str
+    #: (environment, variable name, the field's default) → the value; unset means the default
+    parse: Callable[[Env, str, Any], Any]
+    #: a default as the table spells it
+    show: Callable[[Any], str] = lambda value: f"`{value}`"
 
 
-def _list(env: dict[str, str], name: str) -> tuple[str, ...]:
-    """A comma- or space-separated list."""
-    return tuple((env.get(name) or "").replace(",", " ").split())
+def _raw(env: Env, name: str) -> str:
+    return (env.get(name) or "").strip()
 
 
-def _issuers(env: dict[str, str]) -> tuple[TrustedIssuer, ...]:
-    raw = env.get("KCDS_TRUSTED_ISSUERS") or ""
-    try:
-        return parse_trusted_issuers(raw) if raw.strip() else ()
-    except ValueError as exc:
-        raise ConfigError(f"KCDS_TRUSTED_ISSUERS {exc}") from None
+def _range(low: float, high: float | None, spell: str = "g") -> str:
+    return f"{low:{spell}}–{high:{spell}}" if high is not None else f"≥ {low:{spell}}"
 
 
-def _origins(env: dict[str, str]) -> tuple[str, ...]:
-    origins = _list(env, "KCDS_CORS_ORIGINS")
-    if "*" in origins and len(origins) > 1:
-        raise ConfigError("KCDS_CORS_ORIGINS is either * alone or a list of origins")
-    for origin in origins:
-        parts = urlsplit(origin)
-        if origin != "*" and (
-            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
-        ):
-            raise ConfigError(f"KCDS_CORS_ORIGINS: {origin!r} is not an origin (scheme://host)")
-    return origins
+def number(low: float, high: float, unit: str = "seconds") -> Reader:
+    def parse(env: Env, name: str, default: float) -> float:
+        raw = _raw(env, name)
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be between {low:g} and {high:g}, not {raw}")
+        return value
+
+    return Reader(f"{unit}, {_range(low, high)}", parse, lambda value: f"`{value:g}`")
 
 
-def _secret(env: dict[str, str], name: str) -> str | None:
+def whole(low: int, high: int | None = None, unit: str = "") -> Reader:
+    def parse(env: Env, name: str, default: int | None) -> int | None:
+        raw = _raw(env, name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, not {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            raise ConfigError(f"{name} must be {_range(low, high, ',')}, not {value}")
+        return value
+
+    return Reader(f"{unit or 'whole number'}, {_range(low, high, ',')}", parse)
+
+
+def choice(*allowed: str) -> Reader:
+    def parse(env: Env, name: str, default: str) -> str:
+        value = _raw(env, name) or default
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return Reader(" or ".join(f"`{a}`" for a in allowed), parse)
+
+
+def switch(on: str, off: str) -> Reader:
+    """A yes/no setting spelled ``on``/``off`` (or ``true``/``false``): a bool."""
+    spelled = choice(on, off)
+
+    def parse(env: Env, name: str, default: bool) -> bool:
+        return spelled.parse(env, name, on if default else off) == on
+
+    return Reader(spelled.accepts, parse, lambda value: f"`{on if value else off}`")
+
+
+def text(accepts: str) -> Reader:
+    return Reader(accepts, lambda env, name, default: _raw(env, name) or default)
+
+
+def _secret(env: Env, name: str, default: None) -> str | None:
     """A key or token: at least 32 characters, so that it cannot be guessed."""
-    value = (env.get(name) or "").strip()
+    value = _raw(env, name)
     if value and len(value) < 32:
         raise ConfigError(
             f"{name} must be at least 32 characters "
             "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))' makes one)"
         )
-    return value or None
+    return value or default
 
 
-def _replay_cache(env: dict[str, str]) -> str:
-    """KCDS_REPLAY_CACHE: memory, a redis://, postgresql:// or sqlite:/// URL, or registry
-    (the registry's database, KCDS_DATABASE_URL: PostgreSQL, or SQLite for one host).
+SECRET = Reader("32+ characters", _secret)
+
+
+def _list(env: Env, name: str) -> tuple[str, ...]:
+    """A comma- or space-separated list."""
+    return tuple(_raw(env, name).replace(",", " ").split())
+
+
+def _issuers(env: Env, name: str, default: tuple[TrustedIssuer, ...]) -> tuple[TrustedIssuer, ...]:
+    raw = _raw(env, name)
+    try:
+        return parse_trusted_issuers(raw) if raw else default
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}") from None
+
+
+def _origins(env: Env, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    origins = _list(env, name) or default
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError(f"{name} is either * alone or a list of origins")
+    for origin in origins:
+        parts = urlsplit(origin)
+        if origin != "*" and (
+            parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+        ):
+            raise ConfigError(f"{name}: {origin!r} is not an origin (scheme://host)")
+    return origins
+
+
+def _fhir_allowed(env: Env, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    prefixes = _list(env, name) or default
+    try:
+        AllowedServers(prefixes)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return prefixes
+
+
+def _replay_cache(env: Env, name: str, default: str) -> str:
+    """memory, a redis://, postgresql:// or sqlite:/// URL, or registry (the registry's
+    database, KCDS_DATABASE_URL: PostgreSQL, or SQLite for one host).
 
     Unset, it is ``registry`` while the registry is on: a per-process memory cache would let
     a token replayed against another gunicorn worker through, so shared is the safe default.
     """
-    registry_on = (env.get("KCDS_REGISTRY") or "on") == "on"
-    value = (env.get("KCDS_REPLAY_CACHE") or ("registry" if registry_on else "memory")).strip()
+    value = _raw(env, name) or ("registry" if read("registry", env) else default)
     if value == "registry":  # KCDS_DATABASE_URL is checked (and named) by the registry
-        return env.get("KCDS_DATABASE_URL") or "sqlite:///./ketamine-cds.db"
+        return read("database_url", env)
     scheme = value.split(":", 1)[0].split("+", 1)[0].lower()
     known = ("redis", "rediss", "unix", "postgresql", "postgres", "sqlite")
     if value != "memory" and (scheme not in known or "://" not in value):
         raise ConfigError(
-            "KCDS_REPLAY_CACHE must be memory, registry, redis://host:6379/0, "
+            f"{name} must be memory, registry, redis://host:6379/0, "
             f"postgresql://… or sqlite:///path.db, not {scheme!r}"
         )
     return value
 
 
-def _fhir_allowed(env: dict[str, str]) -> tuple[str, ...]:
-    prefixes = _list(env, "KCDS_FHIR_ALLOWED")
-    try:
-        AllowedServers(prefixes)
-    except ValueError as exc:
-        raise ConfigError(f"KCDS_FHIR_ALLOWED: {exc}") from None
-    return prefixes
+def _preview(env: Env, name: str, default: bool | None) -> bool | None:
+    value = _raw(env, name).lower()
+    if not value:
+        return default
+    if value not in ("on", "off"):
+        raise ConfigError(f"{name} must be on or off, not {value!r}")
+    return value == "on"
+
+
+# -- the settings ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Var:
+    """One environment variable: its name, how it is read, what it means."""
+
+    name: str
+    reader: Reader
+    meaning: str
+    #: the default as the table should say it, when the field's value alone would mislead
+    shown: str | None = None
+
+    def default_text(self, default: Any) -> str:
+        if self.shown is not None:
+            return self.shown
+        return "none" if default in (None, ()) else self.reader.show(default)
+
+
+def _var(
+    name: str,
+    default: Any,
+    reader: Reader,
+    meaning: str,
+    *,
+    shown: str | None = None,
+    secret: bool = False,
+) -> Any:
+    """A :class:`Settings` field read from the variable ``name``."""
+    return field(
+        default=default, repr=not secret, metadata={"var": Var(name, reader, meaning, shown)}
+    )
+
+
+SECONDS = "seconds"
+BYTES = "bytes"
 
 
 @dataclass(frozen=True)
 class Settings:
-    auth: str = "jwt"
-    trusted_issuers: tuple[TrustedIssuer, ...] = ()
-    jwt_clock_skew: float = 30.0
-    jwt_max_age: float = 3600.0
-    jwks_cache_ttl: float = 600.0
-    cors_origins: tuple[str, ...] = ()
-    fhir_allowed: tuple[str, ...] = ()  # empty: the default, see fhir_servers()
-    fhir_max_bytes: int = 20 * 1024 * 1024
-    max_prefetch_resources: int = 5000
-    fhir_timeout: float = 3.0
-    fhir_max_pages: int = 20
-    max_body_bytes: int = 5 * 1024 * 1024
-    database_url: str = "sqlite:///./ketamine-cds.db"
-    public_url: str | None = None
-    policy_file: str | None = None
-    log_level: str = "INFO"
-    registry: bool = True
-    pseudonym_key: str | None = field(default=None, repr=False)
-    store_comments: bool = False
-    retention_days: int | None = None
-    admin_token: str | None = field(default=None, repr=False)
-    replay_cache: str = field(default="memory", repr=False)  # a URL may hold a password
-    metrics_token: str | None = field(default=None, repr=False)
+    # -- callers
+    auth: str = _var(
+        "KCDS_AUTH",
+        "jwt",
+        choice("off", "jwt"),
+        "caller authentication: `jwt` (a CDS Hooks JWT from a trusted issuer on every call; "
+        "see [security](docs/security.md)) or `off` (development only; logged as a warning)",
+    )
+    trusted_issuers: tuple[TrustedIssuer, ...] = _var(
+        "KCDS_TRUSTED_ISSUERS",
+        (),
+        Reader("JSON object", _issuers),
+        'issuer → `{"jwks_url" or "jwks_file", "tenants": [...], "jku": [...]}`; '
+        "required with `KCDS_AUTH=jwt`",
+    )
+    jwt_clock_skew: float = _var(
+        "KCDS_JWT_CLOCK_SKEW",
+        30.0,
+        number(0, 300),
+        "clock skew allowed on a JWT's `exp`, `iat`, `nbf`",
+    )
+    jwt_max_age: float = _var(
+        "KCDS_JWT_MAX_AGE",
+        3600.0,
+        number(60, 86400),
+        "a JWT issued longer ago (`iat`) is refused; also how long a `jti` is remembered",
+    )
+    jwks_cache_ttl: float = _var(
+        "KCDS_JWKS_CACHE_TTL",
+        600.0,
+        number(0, 86400),
+        "how long a fetched JWK Set is used before it is fetched again",
+    )
+    replay_cache: str = _var(
+        "KCDS_REPLAY_CACHE",
+        "memory",
+        Reader("`memory`, `registry` or a URL", _replay_cache),
+        "where accepted JWT `jti`s are remembered: `memory` (per process: a replay to another "
+        "worker gets through), `registry` (the registry's database), `postgresql://…`, "
+        "`sqlite:///path.db` or `redis://host:6379/0` (needs the `[redis]` extra); "
+        "see [security](docs/security.md#replay-protection)",
+        shown="`registry` (`memory` with `KCDS_REGISTRY=off`)",
+        secret=True,  # a URL may hold a password
+    )
+    cors_origins: tuple[str, ...] = _var(
+        "KCDS_CORS_ORIGINS",
+        (),
+        Reader("origins, comma-separated, or `*`", _origins),
+        "browser origins allowed to call; `*` for testing only (never with credentials)",
+    )
+    public_url: str | None = _var(
+        "KCDS_PUBLIC_URL",
+        None,
+        Reader("URL", lambda env, name, default: _raw(env, name).rstrip("/") or default),
+        "externally visible base URL (behind proxies); the JWT `aud` is checked against it, "
+        "and card links use it",
+        shown="the request's host",
+    )
+    # -- FHIR fetches and input limits
+    fhir_allowed: tuple[str, ...] = _var(
+        "KCDS_FHIR_ALLOWED",
+        (),  # empty: the default, see fhir_servers()
+        Reader("URL prefixes, comma-separated", _fhir_allowed),
+        "`fhirServer` URL prefixes allowed (scheme, host, port and path compared)",
+        shown="`https://` (+ loopback `http` when auth is off)",
+    )
+    fhir_timeout: float = _var(
+        "KCDS_FHIR_TIMEOUT",
+        3.0,
+        number(0.1, 60),
+        "total time for all FHIR fetches of one request",
+    )
+    fhir_max_pages: int = _var(
+        "KCDS_FHIR_MAX_PAGES", 20, whole(1, 1000), "pages followed per prefetch key (`next` links)"
+    )
+    fhir_max_bytes: int = _var(
+        "KCDS_FHIR_MAX_BYTES",
+        20 * 1024 * 1024,
+        whole(1024, 1024**3, BYTES),
+        "largest FHIR response read; a larger one makes its key unavailable",
+    )
+    max_body_bytes: int = _var(
+        "KCDS_MAX_BODY_BYTES",
+        5 * 1024 * 1024,
+        whole(1024, 512 * 1024**2, BYTES),
+        "largest request body accepted (`413` above)",
+    )
+    max_prefetch_resources: int = _var(
+        "KCDS_MAX_PREFETCH_RESOURCES",
+        5000,
+        whole(1, 1_000_000),
+        "most resources per prefetch key (and draft orders); `400` above, fetches stop there",
+    )
+    # -- the registry
+    registry: bool = _var(
+        "KCDS_REGISTRY",
+        True,
+        switch("on", "off"),
+        "record evaluations and feedback in the [registry](docs/registry.md); off, feedback "
+        "is answered `200 {}` and not stored",
+    )
+    database_url: str = _var(
+        "KCDS_DATABASE_URL",
+        "sqlite:///./ketamine-cds.db",
+        text("`sqlite:///path.db` or `postgresql://…`"),
+        "the registry's database: SQLite (created on first start, WAL) or PostgreSQL "
+        "(needs the `[postgres]` extra)",
+    )
+    pseudonym_key: str | None = _var(
+        "KCDS_PSEUDONYM_KEY",
+        None,
+        SECRET,
+        "secret key of the keyed hash that turns patient ids into registry keys; required "
+        "while the registry is on, except in the development run (`KCDS_AUTH=off`)",
+        secret=True,
+    )
+    store_comments: bool = _var(
+        "KCDS_STORE_COMMENTS",
+        False,
+        switch("true", "false"),
+        "`true` stores the clinician's free-text `overrideReason.userComment` with feedback",
+    )
+    retention_days: int | None = _var(
+        "KCDS_RETENTION_DAYS",
+        None,
+        whole(1, 36500, "days"),
+        "days the registry keeps; `ketamine-cds registry purge` deletes what is older "
+        "(nothing is purged without it)",
+    )
+    admin_token: str | None = _var(
+        "KCDS_ADMIN_TOKEN",
+        None,
+        SECRET,
+        "bearer token for `GET /registry/summary`; without it that endpoint does not exist",
+        secret=True,
+    )
+    # -- operations
+    metrics_token: str | None = _var(
+        "KCDS_METRICS_TOKEN",
+        None,
+        SECRET,
+        "bearer token that `GET /metrics` then requires; without it `/metrics` is open: keep "
+        "it on the monitoring network (see [production](docs/production.md#metrics))",
+        secret=True,
+    )
+    policy_file: str | None = _var(
+        "KCDS_POLICY_FILE",
+        None,
+        text("path"),
+        "site policy file (YAML/JSON), validated at start-up",
+        shown="built-in",
+    )
+    log_level: str = _var(
+        "KCDS_LOG_LEVEL",
+        "INFO",
+        choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "the service's own log level (libraries log at `WARNING` at most)",
+    )
+    preview: bool | None = _var(
+        "KCDS_PREVIEW",
+        None,
+        Reader("`on` or `off`", _preview),
+        "the card preview page at `/preview`; it evaluates without a caller JWT, so keep it "
+        "off in production",
+        shown="on when `KCDS_AUTH=off`, else off",
+    )
+    fixtures_dir: str | None = _var(
+        "KCDS_FIXTURES_DIR",
+        None,
+        text("path"),
+        "where the CLI and the preview page find fixtures",
+        shown="`fixtures/` of the checkout",
+    )
+    # -- gunicorn (service/web/gunicorn_conf.py)
+    workers: int = _var(
+        "KCDS_WORKERS",
+        2,
+        whole(1),
+        "gunicorn worker processes: one per core (a hook answer is CPU work)",
+    )
+    threads: int = _var(
+        "KCDS_THREADS",
+        4,
+        whole(1),
+        "threads per worker (gthread; `1` gives the sync worker): a call waiting on the "
+        "EHR's FHIR server does not hold up the others",
+    )
+    worker_timeout: int = _var(
+        "KCDS_WORKER_TIMEOUT",
+        30,
+        whole(1, unit=SECONDS),
+        "a worker silent this long is killed and replaced",
+    )
+    graceful_timeout: int = _var(
+        "KCDS_GRACEFUL_TIMEOUT",
+        20,
+        whole(1, unit=SECONDS),
+        "time in-flight requests get on SIGTERM (the registry queue is written within it); "
+        "give the orchestrator more (`docker stop -t 30`)",
+    )
+    max_requests: int = _var(
+        "KCDS_MAX_REQUESTS",
+        5000,
+        whole(0),
+        "each worker is recycled gracefully after about this many requests (`0`: never)",
+    )
+    max_requests_jitter: int = _var(
+        "KCDS_MAX_REQUESTS_JITTER",
+        500,
+        whole(0),
+        "random spread added to `KCDS_MAX_REQUESTS`, so workers do not recycle together",
+    )
+    keepalive: int = _var(
+        "KCDS_KEEPALIVE",
+        5,
+        whole(0, unit=SECONDS),
+        "how long an idle keep-alive connection is held open",
+    )
 
     def fhir_servers(self) -> tuple[str, ...]:
         """KCDS_FHIR_ALLOWED, else any https server, plus loopback http when auth is off."""
@@ -138,37 +454,42 @@ class Settings:
         return HTTPS_ANY + (LOOPBACK_HTTP if self.auth == "off" else ())
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = dict(os.environ if env is None else env)
-        return cls(
-            auth=_choice(env, "KCDS_AUTH", "jwt", ("off", "jwt")),
-            trusted_issuers=_issuers(env),
-            jwt_clock_skew=_number(env, "KCDS_JWT_CLOCK_SKEW", 30, 0, 300),
-            jwt_max_age=_number(env, "KCDS_JWT_MAX_AGE", 3600, 60, 86400),
-            jwks_cache_ttl=_number(env, "KCDS_JWKS_CACHE_TTL", 600, 0, 86400),
-            cors_origins=_origins(env),
-            fhir_allowed=_fhir_allowed(env),
-            fhir_max_bytes=int(
-                _number(env, "KCDS_FHIR_MAX_BYTES", 20 * 1024 * 1024, 1024, 1024 * 1024 * 1024)
-            ),
-            max_prefetch_resources=int(
-                _number(env, "KCDS_MAX_PREFETCH_RESOURCES", 5000, 1, 1_000_000)
-            ),
-            fhir_timeout=_number(env, "KCDS_FHIR_TIMEOUT", 3.0, 0.1, 60),
-            fhir_max_pages=int(_number(env, "KCDS_FHIR_MAX_PAGES", 20, 1, 1000)),
-            max_body_bytes=int(
-                _number(env, "KCDS_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024, 512 * 1024 * 1024)
-            ),
-            database_url=env.get("KCDS_DATABASE_URL") or "sqlite:///./ketamine-cds.db",
-            public_url=(env.get("KCDS_PUBLIC_URL") or "").rstrip("/") or None,
-            policy_file=env.get("KCDS_POLICY_FILE") or None,
-            log_level=_choice(env, "KCDS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
-            registry=_choice(env, "KCDS_REGISTRY", "on", ("on", "off")) == "on",
-            pseudonym_key=_secret(env, "KCDS_PSEUDONYM_KEY"),
-            store_comments=_choice(env, "KCDS_STORE_COMMENTS", "false", ("true", "false"))
-            == "true",
-            retention_days=int(_number(env, "KCDS_RETENTION_DAYS", 0, 1, 36500)) or None,
-            admin_token=_secret(env, "KCDS_ADMIN_TOKEN"),
-            replay_cache=_replay_cache(env),
-            metrics_token=_secret(env, "KCDS_METRICS_TOKEN"),
-        )
+    def from_env(cls, env: Env | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(**{f.name: read(f.name, env) for f in fields(cls)})
+
+
+def read(setting: str, env: Env | None = None) -> Any:
+    """One setting (a :class:`Settings` field name) from the environment."""
+    declared = next(f for f in fields(Settings) if f.name == setting)
+    var: Var = declared.metadata["var"]
+    return var.reader.parse(os.environ if env is None else env, var.name, declared.default)
+
+
+# -- the README's table ------------------------------------------------------------------------
+
+#: the lines between which the configuration table stands in the README
+TABLE_BEGIN, TABLE_END = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+
+
+def markdown_table() -> str:
+    """Every setting, in declaration order: variable, default, values accepted, meaning."""
+    rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        var: Var = f.metadata["var"]
+        cells = (f"`{var.name}`", var.default_text(f.default), var.reader.accepts, var.meaning)
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def write_table(path: Path) -> None:
+    """Rewrite the table between the markers of ``path``."""
+    marked = re.compile(re.escape(TABLE_BEGIN) + ".*?" + re.escape(TABLE_END), re.DOTALL)
+    doc = path.read_text("utf-8")
+    if len(marked.findall(doc)) != 1:
+        raise SystemExit(f"{path} needs one {TABLE_BEGIN.strip()} … {TABLE_END} pair")
+    path.write_text(marked.sub(lambda _: TABLE_BEGIN + markdown_table() + TABLE_END, doc))
+
+
+if __name__ == "__main__":  # python -m service.config README.md
+    write_table(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))

@@ -30,19 +30,10 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int | None) -> None:
     """Run the service under gunicorn (WSGI entry service.web.wsgi:app)."""
-    workers = workers or int(os.environ.get("KCDS_WORKERS", "2"))
-    args = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"{host}:{port}",
-        "--workers",
-        str(workers),
-        "--config",
-        "python:service.web.gunicorn_conf",
-        "service.web.wsgi:app",
-    ]
+    args = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}"]
+    if workers:  # else the config's KCDS_WORKERS
+        args += ["--workers", str(workers)]
+    args += ["--config", "python:service.web.gunicorn_conf", "service.web.wsgi:app"]
     os.execv(sys.executable, args)
 
 

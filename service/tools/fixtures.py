@@ -9,13 +9,14 @@ whatever the time of day; dates move by whole days (ages stay the same).
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from service.config import read
 
 ANCHOR_KEY = "ketamine-cds.fixture-anchor"
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2] / "fixtures"
 
 
 def fixtures_dir() -> Path:
-    return Path(os.environ.get("KCDS_FIXTURES_DIR") or ROOT)
+    return Path(read("fixtures_dir") or ROOT)
 
 
 def shift(value: Any, delta: timedelta, days: int) -> Any:

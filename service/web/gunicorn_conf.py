@@ -1,22 +1,23 @@
 """gunicorn settings from the environment, with defaults for a 2-core container.
 
-Defaults (each overridable; the README's configuration table lists them):
+Each setting's default is declared once, in ``service.config`` (the README's table lists
+them); why they suit a 2-core container:
 
-- ``KCDS_WORKERS=2``: one process per core. A hook answer is ~2 ms of CPU in Python, so more
+- ``KCDS_WORKERS``: one process per core. A hook answer is ~2 ms of CPU in Python, so more
   processes than cores only add memory (~80 MB each) and contention.
-- ``KCDS_THREADS=4`` (gthread workers): a request that fetches from the EHR's FHIR server
+- ``KCDS_THREADS`` (gthread workers): a request that fetches from the EHR's FHIR server
   waits up to ``KCDS_FHIR_TIMEOUT`` on the network; with threads the worker answers other
   calls meanwhile. ``KCDS_THREADS=1`` gives the sync worker.
-- ``KCDS_WORKER_TIMEOUT=30``: a worker silent that long is killed and replaced.
-- ``KCDS_GRACEFUL_TIMEOUT=20``: on SIGTERM (a rolling update, ``docker stop``, a scale-down)
+- ``KCDS_WORKER_TIMEOUT``: a worker silent that long is killed and replaced.
+- ``KCDS_GRACEFUL_TIMEOUT``: on SIGTERM (a rolling update, ``docker stop``, a scale-down)
   the workers stop accepting, finish their in-flight requests, write the registry queue
   (at most 10 s, see ``service.registry``) and exit; whatever still runs after this long is
   killed. Keep the orchestrator's grace period above it (Kubernetes:
   ``terminationGracePeriodSeconds`` 30; ``docker stop -t 30``).
-- ``KCDS_MAX_REQUESTS=5000`` / ``KCDS_MAX_REQUESTS_JITTER=500``: each worker is recycled
+- ``KCDS_MAX_REQUESTS`` / ``KCDS_MAX_REQUESTS_JITTER``: each worker is recycled
   (gracefully, registry flushed) after about that many requests, so that slow leaks cannot
   grow; the jitter keeps the workers from recycling together.
-- ``KCDS_KEEPALIVE=5``: seconds an idle keep-alive connection is held (gthread); keep it
+- ``KCDS_KEEPALIVE``: seconds an idle keep-alive connection is held (gthread); keep it
   above the idle timeout of the proxy in front when it reuses connections.
 
 Metrics: prometheus-client's multiprocess mode needs a directory shared by the workers,
@@ -29,26 +30,24 @@ import os
 import shutil
 import tempfile
 
+from service.config import ConfigError, read
 
-def _int(name: str, default: int, low: int = 0) -> int:
-    raw = os.environ.get(name) or str(default)
+
+def _setting(name: str) -> int:
     try:
-        value = int(raw)
-    except ValueError:
-        raise SystemExit(f"{name} must be a whole number, not {raw!r}") from None
-    if value < low:
-        raise SystemExit(f"{name} must be at least {low}, not {value}")
-    return value
+        return read(name)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-workers = _int("KCDS_WORKERS", 2, 1)
-threads = _int("KCDS_THREADS", 4, 1)
+workers = _setting("workers")
+threads = _setting("threads")
 worker_class = "gthread" if threads > 1 else "sync"
-timeout = _int("KCDS_WORKER_TIMEOUT", 30, 1)
-graceful_timeout = _int("KCDS_GRACEFUL_TIMEOUT", 20, 1)
-keepalive = _int("KCDS_KEEPALIVE", 5, 0)
-max_requests = _int("KCDS_MAX_REQUESTS", 5000, 0)
-max_requests_jitter = _int("KCDS_MAX_REQUESTS_JITTER", 500, 0)
+timeout = _setting("worker_timeout")
+graceful_timeout = _setting("graceful_timeout")
+keepalive = _setting("keepalive")
+max_requests = _setting("max_requests")
+max_requests_jitter = _setting("max_requests_jitter")
 preload_app = True  # load policy and value sets once, before forking
 accesslog = None  # the app writes its own JSON access log without patient data
 errorlog = "-"

@@ -22,7 +22,6 @@ never inject script. Every asset ships in the package (``static/``, ``templates/
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from markupsafe import Markup
 
 from cds_hooks.service import ServiceCatalog
 from cds_hooks.validation import InputLimits
-from service.config import ConfigError, Settings
+from service.config import Settings
 from service.tools import toolkit
 from service.tools.convert import ConversionError, resources_from
 from service.tools.fixtures import dated, fixtures_dir, load, names
@@ -58,14 +57,9 @@ ACTION_VERBS = {"create": "Would create", "update": "Would update", "delete": "W
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
 
 
-def preview_enabled(settings: Settings, env: Mapping[str, str] | None = None) -> bool:
+def preview_enabled(settings: Settings) -> bool:
     """KCDS_PREVIEW: ``on``/``off``; unset, on only when caller authentication is off."""
-    value = ((os.environ if env is None else env).get("KCDS_PREVIEW") or "").strip().lower()
-    if not value:
-        return settings.auth == "off"
-    if value not in ("on", "off"):
-        raise ConfigError(f"KCDS_PREVIEW must be on or off, not {value!r}")
-    return value == "on"
+    return settings.auth == "off" if settings.preview is None else settings.preview
 
 
 def render_markdown(text: str) -> Markup:

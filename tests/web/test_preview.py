@@ -192,17 +192,19 @@ def test_fixture_request_json_for_the_editor(client):
 
 
 def test_the_preview_is_switchable(tmp_path):
-    assert preview_enabled(Settings(auth="off"), {}) is True
-    assert preview_enabled(Settings(auth="jwt"), {}) is False
-    assert preview_enabled(Settings(auth="jwt"), {"KCDS_PREVIEW": "on"}) is True
-    assert preview_enabled(Settings(auth="off"), {"KCDS_PREVIEW": "off"}) is False
+    def enabled(**env: str) -> bool:
+        return preview_enabled(Settings.from_env({"KCDS_REGISTRY": "off", **env}))
+
+    assert enabled(KCDS_AUTH="off") is True
+    assert enabled(KCDS_AUTH="jwt") is False
+    assert enabled(KCDS_AUTH="jwt", KCDS_PREVIEW="on") is True
+    assert enabled(KCDS_AUTH="off", KCDS_PREVIEW="off") is False
     with pytest.raises(ConfigError, match="KCDS_PREVIEW"):
-        preview_enabled(Settings(auth="off"), {"KCDS_PREVIEW": "maybe"})
+        enabled(KCDS_AUTH="off", KCDS_PREVIEW="maybe")
 
 
-def test_with_the_preview_off_its_routes_do_not_exist(tmp_path, monkeypatch):
-    monkeypatch.setenv("KCDS_PREVIEW", "off")
-    app = create_app(Settings(auth="off", registry=False))
+def test_with_the_preview_off_its_routes_do_not_exist(tmp_path):
+    app = create_app(Settings(auth="off", registry=False, preview=False))
     client = app.test_client()
     assert client.get("/preview").status_code == 404
     assert client.get("/").status_code == 404
