@@ -401,6 +401,14 @@ class Settings:
         "where the CLI and the preview page find fixtures",
         shown="`fixtures/` of the checkout",
     )
+    valuesets_dir: str | None = _var(
+        "KCDS_VALUESETS_DIR",
+        None,
+        text("path"),
+        "folder of site FHIR R4 ValueSet JSON files: a file with a shipped set's id replaces "
+        "it, a new id adds a set; loaded at start-up",
+        shown="shipped sets only",
+    )
     # -- gunicorn (service/web/gunicorn_conf.py)
     workers: int = _var(
         "KCDS_WORKERS",
