@@ -14,7 +14,7 @@ from .cards import RenderContext, render
 from .orders import OrderInvalid, has_ketamine, ketamine_orders
 from .policy import Policy
 from .record import RecordBuilder, ketamine_kind
-from .rules import COURSE_SCOPES, ORDER_SCOPES, Evaluation, Finding, evaluate
+from .rules import Evaluation, Finding, evaluate
 from .rules.dosing import mg_per_kg
 from .terminology import Terminology
 
@@ -141,7 +141,7 @@ class KetamineCDS:
         summaries = []
         for order in orders:
             ev = Evaluation(record, order, self.policy, self.terminology, now, req.hook)
-            findings.extend(evaluate(ev, ORDER_SCOPES))
+            findings.extend(evaluate(ev))
             summaries.append(
                 {
                     "drug": order.drug,
@@ -163,7 +163,7 @@ class KetamineCDS:
         if not on_course:
             return Response()
         ev = Evaluation(record, None, self.policy, self.terminology, now, req.hook)
-        return self._respond(req, evaluate(ev, COURSE_SCOPES), {}, {"orders": []})
+        return self._respond(req, evaluate(ev), {}, {"orders": []})
 
     def _respond(
         self,

@@ -65,16 +65,6 @@ class DraftOrder:
         """IV ketamine; a ketamine order without a route is treated as IV (spec §2)."""
         return self.drug == "ketamine" and self.route in ("iv", None)
 
-    def applies(self, scope: str) -> bool:
-        """Spec §5 'applies': all, K (any ketamine), KIV (IV ketamine), E (esketamine)."""
-        return {
-            "any": True,
-            "all": True,
-            "K": self.drug == "ketamine",
-            "KIV": self.is_iv,
-            "E": self.drug == "esketamine",
-        }[scope]
-
     def label(self) -> str:
         return (
             "esketamine (Spravato)"

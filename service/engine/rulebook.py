@@ -44,18 +44,11 @@ def catalogue(policy: Policy) -> dict[str, Any]:
                 "title": r.title,
                 "concern": r.concern,
                 "applies": r.applies,
+                "applies_to": r.applies.description,
                 "severity": r.severity,
                 "configured_severity": policy.rules.get(r.id, {}).get("severity"),
                 "enabled": policy.enabled(r.id),
-                "hooks": ["order-sign"]
-                if r.sign_only
-                else (
-                    ["patient-view"]
-                    if r.applies == "course"
-                    else ["order-select", "order-sign", "patient-view"]
-                    if r.applies == "any"
-                    else ["order-select", "order-sign"]
-                ),
+                "hooks": list(r.hooks),
                 "trigger": r.trigger,
                 "reads": list(r.reads),
                 "thresholds": [

@@ -619,17 +619,6 @@ def rules(
     out.print(table)
 
 
-#: what a rule's ``applies`` means, in words (as on the /rules page)
-APPLIES = {
-    "all": "ketamine and esketamine orders",
-    "K": "ketamine orders (any route)",
-    "KIV": "IV ketamine orders (or no route stated)",
-    "E": "esketamine orders",
-    "course": "a ketamine/esketamine course on record",
-    "any": "every evaluation",
-}
-
-
 def rules_markdown(chosen: list[dict[str, Any]], policy_version: str) -> str:
     """The rules as a Markdown table (generated from the catalogue, so it cannot drift)."""
 
@@ -657,7 +646,7 @@ def rules_markdown(chosen: list[dict[str, Any]], policy_version: str) -> str:
         )
         lines.append(
             f"| **{r['id']}** {cell(r['title'])} | {cell(severity)} | "
-            f"{APPLIES.get(r['applies'], r['applies'])}; {hooks} | {cell(r['trigger'])} | "
+            f"{r['applies_to']}; {hooks} | {cell(r['trigger'])} | "
             f"{cell(', '.join(r['reads']))} | {thresholds or '–'} |"
         )
     return "\n".join(lines) + "\n"

@@ -10,6 +10,6 @@ from . import (  # noqa: F401  (imported to register their rules)
     regimen,
     surveillance,
 )
-from .base import COURSE_SCOPES, ORDER_SCOPES, RULES, Evaluation, Finding, evaluate
+from .base import RULES, Evaluation, Finding, evaluate
 
-__all__ = ["COURSE_SCOPES", "ORDER_SCOPES", "RULES", "Evaluation", "Finding", "evaluate"]
+__all__ = ["RULES", "Evaluation", "Finding", "evaluate"]

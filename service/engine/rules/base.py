@@ -16,12 +16,12 @@ from typing import Literal
 from service.engine.orders import DraftOrder
 from service.engine.policy import Policy
 from service.engine.record import Fact, PatientRecord
+from service.engine.scope import Scope
 from service.engine.terminology import Terminology
 
 log = logging.getLogger("service.engine.rules")
 
 Severity = Literal["critical", "warning", "info"]
-Scope = Literal["any", "all", "K", "KIV", "E", "course"]  # any: every hook
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,11 @@ class Rule:
     thresholds: tuple[str, ...] = ()  # policy threshold names it uses
     sign_only: bool = False  # pre-treatment data and the plan: order-sign only (spec §1)
 
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The hooks that run this rule."""
+        return ("order-sign",) if self.sign_only else self.applies.hooks
+
     def run(self, ev: Evaluation) -> list[Finding]:
         result = self.fn(ev)
         if result is None:
@@ -156,16 +161,14 @@ def finding(
     return Finding(severity, summary, detail, tuple(facts), tuple(suggestions))
 
 
-def evaluate(ev: Evaluation, scopes: Iterable[Scope]) -> list[Finding]:
-    """Run every enabled rule whose scope applies, with the policy's severity overrides."""
-    wanted = set(scopes)
+def evaluate(ev: Evaluation) -> list[Finding]:
+    """Run every enabled rule of the evaluation's hook whose scope covers its order, with the
+    policy's severity overrides."""
     out: list[Finding] = []
     for r in RULES.values():
-        if r.applies not in wanted or not ev.policy.enabled(r.id):
+        if ev.hook not in r.hooks or not r.applies.covers(ev.order):
             continue
-        if r.sign_only and ev.hook != "order-sign":
-            continue
-        if ev.order is not None and not ev.order.applies(r.applies):
+        if not ev.policy.enabled(r.id):
             continue
         try:
             results = r.run(ev)
@@ -189,7 +192,3 @@ def evaluate(ev: Evaluation, scopes: Iterable[Scope]) -> list[Finding]:
                 replace(f, rule_id=r.id, order=order, severity=ev.policy.severity(r.id, f.severity))
             )
     return out
-
-
-ORDER_SCOPES: tuple[Scope, ...] = ("any", "all", "K", "KIV", "E")
-COURSE_SCOPES: tuple[Scope, ...] = ("any", "course")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from service.engine.record import Fact
+from service.engine.scope import Scope
 
 from .base import Evaluation, finding, rule
 from .dosing import latest_weight
@@ -31,7 +32,7 @@ LOW_WEIGHT = {"procedures"}
 @rule(
     "D01",
     title="Patient data could not be obtained",
-    applies="any",
+    applies=Scope.ANY,
     severity="warning",
     source="ketamine-rules.md §3",
     reads=("prefetch", "FHIR server"),
@@ -57,7 +58,7 @@ def patient_data_could_not_be_obtained(ev: Evaluation):
 @rule(
     "D02",
     title="Record data ignored",
-    applies="any",
+    applies=Scope.ANY,
     severity="info",
     source="ketamine-rules.md §3",
     reads=("prefetch",),
@@ -80,7 +81,7 @@ def record_data_ignored(ev: Evaluation):
 @rule(
     "R33",
     title="No recent blood pressure",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S7",
     reads=("Observation 85354-9/8480-6/8462-4",),
@@ -108,7 +109,7 @@ def no_recent_blood_pressure(ev: Evaluation):
 @rule(
     "R34",
     title="No recent weight",
-    applies="KIV",
+    applies=Scope.KIV,
     severity="warning",
     source="S3",
     reads=("Observation 29463-7",),
@@ -143,7 +144,7 @@ def no_recent_weight(ev: Evaluation):
 @rule(
     "R35",
     title="Pregnancy status not documented",
-    applies="all",
+    applies=Scope.ALL,
     severity="info",
     source="S4",
     reads=("Patient", "Observation 82810-3, 2106-3, 2118-8"),
@@ -176,7 +177,7 @@ def pregnancy_status_not_documented(ev: Evaluation):
 @rule(
     "R36",
     title="No baseline depression rating",
-    applies="all",
+    applies=Scope.ALL,
     severity="info",
     source="S7, S13; S1",
     reads=("Observation 44261-6", "MedicationAdministration"),

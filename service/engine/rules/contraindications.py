@@ -4,6 +4,7 @@ blood pressure (ketamine-rules.md §5, R01–R19, R40)."""
 from __future__ import annotations
 
 from service.engine.record import Fact
+from service.engine.scope import Scope
 
 from .base import Evaluation, SuggestionSpec, finding, rule
 from .conditions import by_drug, facts, found
@@ -30,7 +31,7 @@ def _label_ci(ev: Evaluation, valueset: str, problem: str, why_e: str, why_k: st
 @rule(
     "R01",
     title="Aneurysmal vascular disease",
-    applies="all",
+    applies=Scope.ALL,
     severity=E_OR_K,
     source="S4, S6; S16",
     reads=("Condition",),
@@ -53,7 +54,7 @@ def aneurysmal_vascular_disease(ev: Evaluation):
 @rule(
     "R02",
     title="Arteriovenous malformation",
-    applies="all",
+    applies=Scope.ALL,
     severity=E_OR_K,
     source="S4, S6",
     reads=("Condition",),
@@ -74,7 +75,7 @@ def arteriovenous_malformation(ev: Evaluation):
 @rule(
     "R03",
     title="Intracerebral haemorrhage history",
-    applies="all",
+    applies=Scope.ALL,
     severity=E_OR_K,
     source="S4, S6",
     reads=("Condition",),
@@ -95,7 +96,7 @@ def intracerebral_haemorrhage_history(ev: Evaluation):
 @rule(
     "R04",
     title="Ketamine or esketamine hypersensitivity",
-    applies="all",
+    applies=Scope.ALL,
     severity="critical",
     source="S4, S16",
     reads=("AllergyIntolerance",),
@@ -120,7 +121,7 @@ def ketamine_or_esketamine_hypersensitivity(ev: Evaluation):
 @rule(
     "R05",
     title="Psychotic disorder",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4; S1 [E]",
     reads=("Condition",),
@@ -143,7 +144,7 @@ def psychotic_disorder(ev: Evaluation):
 @rule(
     "R07",
     title="Substance use disorder",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S7; S1 [E]",
     reads=("Condition",),
@@ -199,7 +200,7 @@ def _hazard(ev: Evaluation, bp) -> bool:
 @rule(
     "R08",
     title="Elevated blood pressure",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4",
     reads=("Observation 85354-9/8480-6/8462-4", "Condition"),
@@ -242,7 +243,7 @@ def elevated_blood_pressure(ev: Evaluation):
 @rule(
     "R09",
     title="Hazardous blood pressure or hypertensive crisis",
-    applies="all",
+    applies=Scope.ALL,
     severity="critical",
     source="S16, S19, S4",
     reads=("Observation", "Condition"),
@@ -283,7 +284,7 @@ def hazardous_blood_pressure_or_hypertensive_crisis(ev: Evaluation):
 @rule(
     "R10",
     title="Cardiovascular or cerebrovascular disease",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S18, S20; S1 [E]",
     reads=("Condition",),
@@ -317,7 +318,7 @@ def cardiovascular_or_cerebrovascular_disease(ev: Evaluation):
 @rule(
     "R11",
     title="Possible raised intracranial pressure",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S12, S20",
     reads=("Condition",),
@@ -348,7 +349,7 @@ def _info(ev: Evaluation, valueset: str, summary: str, detail: str):
 @rule(
     "R12",
     title="Glaucoma",
-    applies="all",
+    applies=Scope.ALL,
     severity="info",
     source="S16, S20",
     reads=("Condition",),
@@ -366,7 +367,7 @@ def glaucoma(ev: Evaluation):
 @rule(
     "R13",
     title="Hyperthyroidism",
-    applies="all",
+    applies=Scope.ALL,
     severity="info / warning (storm)",
     source="S19, S20",
     reads=("Condition",),
@@ -393,7 +394,7 @@ def hyperthyroidism(ev: Evaluation):
 @rule(
     "R14",
     title="Liver disease",
-    applies="all",
+    applies=Scope.ALL,
     severity="info",
     source="S16",
     reads=("Condition",),
@@ -412,7 +413,7 @@ def liver_disease(ev: Evaluation):
 @rule(
     "R15",
     title="Interstitial or ulcerative cystitis",
-    applies="all",
+    applies=Scope.ALL,
     severity="info",
     source="S4, S16",
     reads=("Condition",),
@@ -431,7 +432,7 @@ def interstitial_or_ulcerative_cystitis(ev: Evaluation):
 @rule(
     "R16",
     title="Under 18",
-    applies="all",
+    applies=Scope.ALL,
     severity=E_OR_K,
     source="S4",
     reads=("Patient.birthDate",),
@@ -468,7 +469,7 @@ def under_18(ev: Evaluation):
 @rule(
     "R17",
     title="Pregnancy",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S14",
     reads=("Condition", "Observation 82810-3, 2106-3, 2118-8"),
@@ -523,7 +524,7 @@ def positive(text: str) -> bool:
 @rule(
     "R18",
     title="Breastfeeding",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S14",
     reads=("Condition",),
@@ -545,7 +546,7 @@ def breastfeeding(ev: Evaluation):
 @rule(
     "R19",
     title="Age 65 or over (esketamine)",
-    applies="E",
+    applies=Scope.E,
     severity="info",
     source="S6",
     reads=("Patient.birthDate",),
@@ -568,7 +569,7 @@ def age_65_or_over_esketamine(ev: Evaluation):
 @rule(
     "R40",
     title="Diagnosis outside the evidence base",
-    applies="all",
+    applies=Scope.ALL,
     severity="info / warning (bipolar)",
     source="S13; S1 [E]",
     reads=("Condition",),

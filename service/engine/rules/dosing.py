@@ -4,6 +4,7 @@ explicit units: mg and g are accepted; any other unit is reported, never guessed
 from __future__ import annotations
 
 from service.engine.record import Fact, Observation, weight_kg
+from service.engine.scope import Scope
 
 from .base import Evaluation, SuggestionSpec, finding, rule
 from .conditions import facts, found
@@ -38,7 +39,7 @@ def _order_fact(ev: Evaluation, value: str) -> Fact:
 @rule(
     "R06",
     title="Weight basis in obesity",
-    applies="KIV",
+    applies=Scope.KIV,
     severity="info",
     source="site policy [U]",
     reads=("Observation 39156-5", "Condition Z68.3*/Z68.4*"),
@@ -76,7 +77,7 @@ def weight_basis_in_obesity(ev: Evaluation):
 @rule(
     "R25",
     title="IV ketamine dose per kg",
-    applies="KIV",
+    applies=Scope.KIV,
     severity="warning / critical",
     source="S3; S16",
     reads=("MedicationRequest.dosageInstruction", "Observation 29463-7"),
@@ -156,7 +157,7 @@ def iv_ketamine_dose_per_kg(ev: Evaluation):
 @rule(
     "R26",
     title="IV ketamine infusion time",
-    applies="KIV",
+    applies=Scope.KIV,
     severity="warning",
     source="S3; S1 [E]",
     reads=("MedicationRequest.dosageInstruction",),
@@ -196,7 +197,7 @@ def iv_ketamine_infusion_time(ev: Evaluation):
 @rule(
     "R27",
     title="Ketamine by a route other than IV",
-    applies="K",
+    applies=Scope.K,
     severity="info",
     source="S1 [E]; S31",
     reads=("MedicationRequest.dosageInstruction.route",),
@@ -225,7 +226,7 @@ def ketamine_by_a_route_other_than_iv(ev: Evaluation):
 @rule(
     "R28",
     title="Esketamine dose",
-    applies="E",
+    applies=Scope.E,
     severity="warning",
     source="S7, S13",
     reads=("MedicationRequest", "MedicationAdministration"),

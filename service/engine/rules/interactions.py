@@ -7,6 +7,7 @@ statements, or one completed/stopped within ``policy.recent_med_days`` (drugs li
 from __future__ import annotations
 
 from service.engine.record import Fact
+from service.engine.scope import Scope
 from service.engine.terminology import Ingredient
 
 from .base import Evaluation, finding, rule
@@ -35,7 +36,7 @@ def _names(hits: list[tuple[Fact, Ingredient]]) -> str:
 @rule(
     "R20",
     title="CNS depressant",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S14, S16",
     reads=("MedicationRequest", "MedicationStatement", "Condition"),
@@ -75,7 +76,7 @@ def _interaction(ev: Evaluation, drug_class: str, summary: str, detail: str):
 @rule(
     "R21",
     title="Psychostimulant",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S14",
     reads=("MedicationRequest", "MedicationStatement"),
@@ -95,7 +96,7 @@ def psychostimulant(ev: Evaluation):
 @rule(
     "R22",
     title="MAOI",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4, S10",
     reads=("MedicationRequest", "MedicationStatement"),
@@ -117,7 +118,7 @@ def maoi(ev: Evaluation):
 @rule(
     "R23",
     title="Theophylline or aminophylline",
-    applies="K",
+    applies=Scope.K,
     severity="warning",
     source="S16",
     reads=("MedicationRequest", "MedicationStatement"),
@@ -137,7 +138,7 @@ def theophylline_or_aminophylline(ev: Evaluation):
 @rule(
     "R24",
     title="May blunt the antidepressant response",
-    applies="K",
+    applies=Scope.K,
     severity="info",
     source="S1 [E]",
     reads=("MedicationRequest", "MedicationStatement"),

@@ -3,6 +3,8 @@ carries the orderable monitoring (ketamine-rules.md §6)."""
 
 from __future__ import annotations
 
+from service.engine.scope import Scope
+
 from .base import Evaluation, SuggestionSpec, finding, rule
 
 BP_ORDER = SuggestionSpec(
@@ -55,7 +57,7 @@ consider end-tidal CO2 (editorial).
 @rule(
     "R37",
     title="Esketamine REMS monitoring plan",
-    applies="E",
+    applies=Scope.E,
     severity="info",
     source="S8, S9, S7",
     reads=("MedicationRequest (draft)",),
@@ -74,7 +76,7 @@ def esketamine_rems_monitoring_plan(ev: Evaluation):
 @rule(
     "R38",
     title="Ketamine monitoring plan",
-    applies="K",
+    applies=Scope.K,
     severity="info",
     source="S16, S17; S1 [E]",
     reads=("MedicationRequest (draft)",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from service.engine.record import Administration, Fact
+from service.engine.scope import Scope
 
 from .base import Evaluation, finding, rule
 
@@ -32,7 +33,7 @@ def rating_codes(ev: Evaluation) -> tuple[str, ...]:
 @rule(
     "R29",
     title="Esketamine frequency above the label schedule",
-    applies="E",
+    applies=Scope.E,
     severity="warning",
     source="S13",
     reads=("MedicationAdministration",),
@@ -62,7 +63,7 @@ def esketamine_frequency_above_the_label_schedule(ev: Evaluation):
 @rule(
     "R30",
     title="Esketamine induction done without a rating",
-    applies="E",
+    applies=Scope.E,
     severity="info",
     source="S7, S13",
     reads=("MedicationAdministration", "Observation 44261-6"),
@@ -86,7 +87,7 @@ def esketamine_induction_done_without_a_rating(ev: Evaluation):
 @rule(
     "R31",
     title="Repeated or maintenance ketamine",
-    applies="K",
+    applies=Scope.K,
     severity="warning",
     source="S1 [E], S3",
     reads=("MedicationAdministration",),
@@ -120,7 +121,7 @@ def repeated_or_maintenance_ketamine(ev: Evaluation):
 @rule(
     "R32",
     title="Previous dose less than the minimum interval ago",
-    applies="all",
+    applies=Scope.ALL,
     severity="warning",
     source="S4",
     reads=("MedicationAdministration",),
@@ -145,7 +146,7 @@ def previous_dose_less_than_the_minimum_interval_ago(ev: Evaluation):
 @rule(
     "R39",
     title="Treatment resistance not evident",
-    applies="all",
+    applies=Scope.ALL,
     severity="info",
     source="S15, S30; S1 [E]",
     reads=("MedicationRequest", "MedicationStatement", "Procedure"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from service.engine.record import Fact, Observation
+from service.engine.scope import Scope
 
 from .base import Evaluation, finding, rule
 from .regimen import admin_facts, rating_codes
@@ -31,7 +32,7 @@ def baseline_and_latest(ev: Evaluation) -> tuple[Observation | None, Observation
 @rule(
     "P01",
     title="Course summary",
-    applies="course",
+    applies=Scope.COURSE,
     severity="info",
     source="S7, S13",
     reads=("MedicationAdministration", "Observation 44261-6"),
@@ -76,7 +77,7 @@ def course_summary(ev: Evaluation):
 @rule(
     "P02",
     title="No response after 4 weeks",
-    applies="course",
+    applies=Scope.COURSE,
     severity="warning",
     source="S7, S13",
     reads=("MedicationAdministration", "Observation 44261-6"),
@@ -107,7 +108,7 @@ def no_response_after_4_weeks(ev: Evaluation):
 @rule(
     "P03",
     title="Reassessment overdue",
-    applies="course",
+    applies=Scope.COURSE,
     severity="info",
     source="S7",
     reads=("Observation 44261-6", "MedicationAdministration"),
@@ -135,7 +136,7 @@ def reassessment_overdue(ev: Evaluation):
 @rule(
     "P04",
     title="Bladder symptoms during the course",
-    applies="course",
+    applies=Scope.COURSE,
     severity="warning",
     source="S4, S16",
     reads=("Condition",),
