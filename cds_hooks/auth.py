@@ -5,10 +5,13 @@ token is accepted only when every check passes, in this order:
 
 1. it is a well-formed JWS of bounded size whose ``alg`` is asymmetric (ES, RS or PS with
    SHA-256/384/512; ``none`` and HS* are refused before any key is looked at), with a ``kid``;
-2. its ``iss`` is a trusted issuer; a ``jku`` header is honoured only when it is on that
-   issuer's allow-list, otherwise the issuer's own JWK Set (URL or file) is used;
-3. the ``kid`` is in that JWK Set (cached with a TTL, refetched once on an unknown ``kid``)
-   and the key fits the algorithm; the signature verifies;
+2. its ``iss`` is a trusted issuer, and the ``kid`` names a key on record: first the
+   issuer's own JWK Set (pinned as a file or inline, or fetched from its configured URL);
+   only for a ``kid`` that set lacks is the token's ``jku`` header fetched, and only when
+   it is on that issuer's allow-list. A ``jku`` is thus never needed for a known ``kid``
+   (an EHR can be trusted offline), and a ``jku`` off the allow-list never brings a key in;
+3. the key (JWK Sets are cached with a TTL, refetched once on an unknown ``kid``) fits the
+   algorithm; the signature verifies;
 4. ``aud`` (a string or a list) contains the URL being invoked; ``exp``, ``iat`` and ``jti``
    are present; ``exp`` has not passed and ``iat`` is neither in the future nor older than
    the age bound (each with a small clock skew); ``tenant`` is allowed where the issuer
@@ -30,7 +33,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -123,11 +126,14 @@ class TrustedIssuer:
     jwks_file: str | None = None  # JWK Set from a local file
     tenants: frozenset[str] | None = None  # None: any tenant, or none
     jku: frozenset[str] = frozenset()  # jku header values honoured for this issuer
+    jwks: Mapping[str, Any] | None = field(default=None, hash=False)  # an inline JWK Set
 
     @property
-    def jwks(self) -> str | None:
-        """Where the issuer's own JWK Set is (used when a token has no ``jku``)."""
-        return self.jwks_url or self.jwks_file
+    def keys_on_record(self) -> str | None:
+        """Where the issuer's own JWK Set is: its URL, its file, or a label for the inline
+        set. Consulted first for every token, whatever its ``jku``."""
+        inline = f"inline JWK Set of {self.issuer}" if self.jwks is not None else None
+        return self.jwks_url or self.jwks_file or inline
 
 
 def _check_url(url: Any, what: str) -> str:
@@ -140,23 +146,33 @@ def _check_url(url: Any, what: str) -> str:
     return url
 
 
+def _plain(iss: str, location: Any) -> dict[str, Any]:
+    """The plain form ``issuer: "JWK Set URL or file path"`` as its object form."""
+    if not isinstance(location, str) or not location.strip():
+        raise ValueError(f"{iss!r} must be a JWK Set URL or file path, or an object")
+    return {"jwks_url" if "://" in location else "jwks_file": location}
+
+
 def parse_trusted_issuers(text: str) -> tuple[TrustedIssuer, ...]:
-    """Parse the JSON object ``{issuer: {"jwks_url" | "jwks_file", "tenants", "jku"}}``;
-    raises ValueError naming what is wrong."""
+    """Parse the JSON object mapping each issuer either to where its JWK Set is (the plain
+    form: an https URL or a file path) or to ``{"jwks_url" | "jwks_file" | "jwks",
+    "tenants", "jku"}`` (``jwks``: the JWK Set itself, inline); raises ValueError naming
+    what is wrong."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"is not valid JSON ({exc.msg})") from None
     if not isinstance(raw, dict):
         raise ValueError("must be a JSON object mapping each issuer to its settings")
-    known = {"jwks_url", "jwks_file", "tenants", "jku"}
+    known = {"jwks_url", "jwks_file", "jwks", "tenants", "jku"}
     issuers = []
     for iss, spec in raw.items():
-        if not isinstance(spec, dict) or set(spec) - known:
+        spec = spec if isinstance(spec, dict) else _plain(iss, spec)
+        if set(spec) - known:
             raise ValueError(f"{iss!r} must be an object with only {', '.join(sorted(known))}")
-        sources = [name for name in ("jwks_url", "jwks_file") if name in spec]
+        sources = [name for name in ("jwks_url", "jwks_file", "jwks") if name in spec]
         if len(sources) > 1 or not (sources or spec.get("jku")):
-            raise ValueError(f"{iss!r} needs one of jwks_url or jwks_file, or a jku list")
+            raise ValueError(f"{iss!r} needs one of jwks_url, jwks_file or jwks, or a jku list")
         tenants = spec.get("tenants")
         jku = spec.get("jku") or []
         for name, value in (("tenants", tenants), ("jku", jku)):
@@ -167,6 +183,9 @@ def parse_trusted_issuers(text: str) -> tuple[TrustedIssuer, ...]:
         jwks_file = spec.get("jwks_file")
         if jwks_file is not None and not isinstance(jwks_file, str):
             raise ValueError(f"{iss!r}: jwks_file must be a path")
+        inline = spec.get("jwks")
+        if inline is not None and not _signing_keys(inline, f"{iss!r}: jwks"):
+            raise ValueError(f"{iss!r}: jwks has no EC or RSA signing key with a kid")
         issuers.append(
             TrustedIssuer(
                 issuer=iss,
@@ -176,6 +195,7 @@ def parse_trusted_issuers(text: str) -> tuple[TrustedIssuer, ...]:
                 jwks_file=jwks_file,
                 tenants=frozenset(tenants) if tenants is not None else None,
                 jku=frozenset(_check_url(u, f"{iss!r} jku") for u in jku),
+                jwks=inline,
             )
         )
     return tuple(issuers)
@@ -232,10 +252,10 @@ def load_jwks(location: str, timeout: float = 3.0) -> Any:
     return json.loads(body)
 
 
-def _signing_keys(document: Any) -> dict[str, dict[str, Any]]:
+def _signing_keys(document: Any, what: str = "the document") -> dict[str, dict[str, Any]]:
     """kid → JWK for the asymmetric signing keys of a JWK Set."""
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWK Set")
+        raise ValueError(f'{what} is not a JWK Set ({{"keys": [...]}})')
     return {
         k["kid"]: k
         for k in document["keys"]
@@ -283,13 +303,17 @@ class KeySet:
                 return
             self._keys, self._parsed, self._loaded_at = keys, {}, now
 
-    def key(self, kid: str, alg: str) -> jwt.PyJWK:
-        """The verification key for ``kid`` and ``alg``; AuthenticationError otherwise."""
+    def has(self, kid: str) -> bool:
+        """Whether the set holds ``kid``, refreshing it when stale or when ``kid`` is unknown."""
         if self._clock() - self._loaded_at >= self._ttl:
             self._refresh(unknown_kid=False)
         if kid not in self._keys:
             self._refresh(unknown_kid=True)
-        jwk = self._keys.get(kid)
+        return kid in self._keys
+
+    def key(self, kid: str, alg: str) -> jwt.PyJWK:
+        """The verification key for ``kid`` and ``alg``; AuthenticationError otherwise."""
+        jwk = self._keys.get(kid) if self.has(kid) else None
         if jwk is None:
             raise AuthenticationError("kid not in the issuer's JWK Set")
         parsed = self._parsed.get((kid, alg))
@@ -355,14 +379,21 @@ class JwtAuthenticator:
         self.replay = replay if replay is not None else MemoryReplayCache(clock)
         self.clock = clock
         loader = loader or (lambda location: load_jwks(location, self.policy.fetch_timeout))
+        inline = {i.keys_on_record: i.jwks for i in self.issuers.values() if i.jwks is not None}
+
+        def load(location: str) -> Any:
+            return inline[location] if location in inline else loader(location)
+
         p = self.policy
-        locations = {loc for i in self.issuers.values() for loc in (i.jwks, *i.jku) if loc}
+        locations = {
+            loc for i in self.issuers.values() for loc in (i.keys_on_record, *i.jku) if loc
+        }
         self.key_sets = {
-            loc: KeySet(loc, loader, p.jwks_ttl, p.jwks_cooldown, clock) for loc in locations
+            loc: KeySet(loc, load, p.jwks_ttl, p.jwks_cooldown, clock) for loc in locations
         }
         for issuer in self.issuers.values():
             if issuer.jwks_file:  # a missing or broken local file is a start-up error
-                _signing_keys(loader(issuer.jwks_file))
+                _signing_keys(loader(issuer.jwks_file), issuer.jwks_file)
 
     def __call__(self, request: Request, audience: str) -> Caller:
         header = request.headers.get("Authorization", "")
@@ -407,14 +438,8 @@ class JwtAuthenticator:
         self, token: str, header: Mapping[str, Any], issuer: TrustedIssuer, audience: str
     ) -> Caller:
         """Checks 2–5 of the module docstring, for a token from a trusted issuer."""
-        jku = header.get("jku")
-        if jku is not None and jku not in issuer.jku:
-            raise AuthenticationError("jku not on the issuer's allow-list")
-        location = jku or issuer.jwks
-        if location is None:
-            raise AuthenticationError("no jku and no JWK Set configured for the issuer")
         alg = header["alg"]
-        key = self.key_sets[location].key(header["kid"], alg)
+        key = self._key(header, issuer)
         try:
             claims = jwt.decode(
                 token,
@@ -444,6 +469,19 @@ class JwtAuthenticator:
         if not self.replay.first_use(issuer.issuer, jti, expires_at):
             raise AuthenticationError("jti replayed")
         return Caller(issuer.issuer, tenant if isinstance(tenant, str) else None, jti)
+
+    def _key(self, header: Mapping[str, Any], issuer: TrustedIssuer) -> jwt.PyJWK:
+        """The key on record for the token's ``kid``; the ``jku`` only for a ``kid`` not on
+        record, and only when allow-listed (CDS Hooks security guidance)."""
+        kid, alg, jku = header["kid"], header["alg"], header.get("jku")
+        own = self.key_sets.get(issuer.keys_on_record or "")
+        if own is not None and (jku is None or own.has(kid)):
+            return own.key(kid, alg)
+        if jku is None:
+            raise AuthenticationError("no jku and no JWK Set configured for the issuer")
+        if not isinstance(jku, str) or jku not in issuer.jku:
+            raise AuthenticationError("jku not on the issuer's allow-list")
+        return self.key_sets[jku].key(kid, alg)
 
     def _check_times(self, claims: Mapping[str, Any]) -> float:
         """Check exp, iat and nbf; return until when the jti must be remembered."""

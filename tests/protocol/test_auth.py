@@ -8,6 +8,8 @@ import hmac
 import json
 import logging
 import time
+import uuid
+from pathlib import Path
 
 import jwt
 import orjson
@@ -16,6 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from jwt.utils import base64url_decode, base64url_encode
 from pytest_httpserver import HTTPServer
 
+import cds_hooks
+import cds_hooks.auth
 from cds_hooks.auth import (
     AuthenticationError,
     JwtAuthenticator,
@@ -180,9 +184,17 @@ ATTACKS = {
     "iat older than the bound": (lambda: ES_KEY.token(SIGN_AUD, age=7200, lifetime=9000), "age"),
     "no exp": (lambda: ES_KEY.token(SIGN_AUD, exp=None), "exp missing"),
     "no jti": (lambda: ES_KEY.token(SIGN_AUD, jti=None), "jti missing"),
-    "jku not on the allow-list": (
-        lambda: ES_KEY.token(SIGN_AUD, headers={"jku": "https://evil.example/jwks.json"}),
+    "key from a jku not on the allow-list": (
+        lambda: es384(kid="attacker").token(
+            SIGN_AUD, headers={"jku": "https://evil.example/jwks.json"}
+        ),
         "jku",
+    ),
+    "key on record, jku not on the allow-list, signed by another key": (
+        lambda: es384(kid=ES_KEY.kid).token(
+            SIGN_AUD, headers={"jku": "https://evil.example/jwks.json"}
+        ),
+        "signature",
     ),
     "tenant not allowed": (
         lambda: ES_KEY.token(SIGN_AUD, iss=TENANT_ISSUER, tenant="tenant-b"),
@@ -237,6 +249,18 @@ def test_allow_listed_jku_is_honoured(client, alt_jwks):
     assert call(client, token).status_code == 200
     # the same key without the jku is looked up in the issuer's own set, and is not there
     assert refused(call(client, other.token(SIGN_AUD)))
+
+
+def test_a_kid_on_record_is_verified_with_the_key_on_record_whatever_the_jku(
+    client, jwks, alt_jwks
+):
+    """A jku is a hint where to find an unknown kid: a kid already on record needs no fetch,
+    whether the jku is allow-listed or not."""
+    before = jwks.fetches, alt_jwks.fetches
+    assert call(client, ES_KEY.token(SIGN_AUD, headers={"jku": alt_jwks.url})).status_code == 200
+    foreign = {"jku": "https://evil.example/jwks.json"}
+    assert call(client, ES_KEY.token(SIGN_AUD, headers=foreign)).status_code == 200
+    assert (jwks.fetches, alt_jwks.fetches) == before
 
 
 def test_preflight_needs_no_token(client):
@@ -398,6 +422,101 @@ def test_sandbox_published_key_is_usable_and_not_forgeable(jwks):
     assert info.value.reason == "signature does not verify"
 
 
+# -- the Sandbox's token, offline -----------------------------------------------------------
+
+SANDBOX = "https://sandbox.cds-hooks.org"
+SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
+SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+SANDBOX_PRESET = Path(cds_hooks.__file__).parent / "presets" / "cds-hooks-sandbox.jwks.json"
+
+
+def _no_network(location: str):
+    """A JWK Set loader for a host with no route out: files only."""
+    if "://" in location:
+        raise AssertionError(f"fetched {location} over the network")
+    return load_jwks(location)
+
+
+def sandbox_token(key: SigningKey, aud: str, jku: str = SANDBOX_JKU) -> str:
+    """A token shaped exactly as the CDS Hooks Sandbox signs it: header {alg, typ, kid, jku},
+    claims {iss, aud, exp = iat + 300, iat, jti}, no tenant, no sub."""
+    iat = int(time.time())
+    claims = {"iss": SANDBOX, "aud": aud, "exp": iat + 300, "iat": iat, "jti": str(uuid.uuid4())}
+    header = {"alg": "ES384", "typ": "JWT", "kid": key.kid, "jku": jku}
+    return jwt.encode(claims, key.private, algorithm="ES384", headers=header)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any HTTP fetch of a JWK Set fails the test."""
+
+    def refuse(url, *args, **kwargs):
+        raise AssertionError(f"fetched {url} over the network")
+
+    monkeypatch.setattr(cds_hooks.auth.requests, "get", refuse)
+
+
+@pytest.fixture
+def sandbox_app(tmp_path, offline):
+    """The Sandbox's issuer pinned to a test key's JWK Set file, in the plain form."""
+    key = es384(kid=SANDBOX_KID)
+    path = tmp_path / "sandbox-jwks.json"
+    path.write_text(json.dumps({"keys": [key.jwk()]}))
+    env = {"KCDS_TRUSTED_ISSUERS": json.dumps({SANDBOX: str(path)}), "KCDS_REGISTRY": "off"}
+    return key, create_app(Settings.from_env(env | {"KCDS_PUBLIC_URL": PUBLIC_URL}))
+
+
+def test_a_sandbox_shaped_token_passes_offline_on_every_route(sandbox_app):
+    key, app = sandbox_app
+    client = app.test_client()
+    discovery = PUBLIC_URL + "/cds-services"
+    assert call(client, sandbox_token(key, discovery), "/cds-services").status_code == 200
+    r = call(client, sandbox_token(key, SIGN_AUD))
+    assert r.status_code == 200 and r.get_json()["cards"], r.get_json()
+    feedback = json.loads((CONFORMANCE / "21-example-suggestion-accepted.json").read_text())
+    token = sandbox_token(key, SIGN_AUD + "/feedback")
+    assert call(client, token, SIGN + "/feedback", feedback).status_code == 200
+
+
+def test_foreign_jku_tokens_still_fail_offline(sandbox_app, caplog):
+    """A key the issuer has not on record is refused, from the Sandbox's own jku (not
+    allow-listed here) as from anyone else's, and nothing is fetched."""
+    _, app = sandbox_app
+    client = app.test_client()
+    stranger = es384(kid="not-on-record")
+    for jku in (SANDBOX_JKU, "https://evil.example/jwks.json"):
+        with caplog.at_level(logging.WARNING, logger="cds_hooks.auth"):
+            assert refused(call(client, sandbox_token(stranger, SIGN_AUD, jku)))
+        assert caplog.records[-1].reason == "jku not on the issuer's allow-list"
+    forged = sandbox_token(es384(kid=SANDBOX_KID), SIGN_AUD)  # the pinned kid, another key
+    assert refused(call(client, forged))
+
+
+def test_an_allow_listed_jku_is_fetched_only_for_a_kid_not_on_record(tmp_path, jwks):
+    pinned, rotated = es384(kid=SANDBOX_KID), es384(kid="rotated-in")
+    path = tmp_path / "pinned.json"
+    path.write_text(json.dumps({"keys": [pinned.jwk()]}))
+    served = JwksServer(jwks.server, path="/rotating-jwks.json", keys=[rotated.jwk()])
+    config = {SANDBOX: {"jwks_file": str(path), "jku": [served.url]}}
+    auth = JwtAuthenticator(parse_trusted_issuers(json.dumps(config)))
+    auth.verify(sandbox_token(pinned, SIGN_AUD, served.url), SIGN_AUD)
+    assert served.fetches == 0
+    auth.verify(sandbox_token(rotated, SIGN_AUD, served.url), SIGN_AUD)
+    assert served.fetches == 1
+    with pytest.raises(AuthenticationError) as info:
+        auth.verify(sandbox_token(es384(kid="nobody"), SIGN_AUD, served.url), SIGN_AUD)
+    assert info.value.reason == "kid not in the issuer's JWK Set"
+
+
+def test_the_sandbox_preset_is_its_published_key(offline):
+    """The shipped preset is the Sandbox's published JWK Set, usable as a jwks_file."""
+    published = json.loads((CONFORMANCE / "sandbox" / "jwks.json").read_text())
+    assert json.loads(SANDBOX_PRESET.read_text()) == published
+    (issuer,) = parse_trusted_issuers(json.dumps({SANDBOX: str(SANDBOX_PRESET)}))
+    auth = JwtAuthenticator([issuer])
+    assert auth.key_sets[str(SANDBOX_PRESET)].key(SANDBOX_KID, "ES384").algorithm_name == "ES384"
+
+
 # -- configuration -------------------------------------------------------------------------
 
 
@@ -413,9 +532,14 @@ def test_jwt_is_the_default_and_needs_trusted_issuers():
     [
         ("{not json", "not valid JSON"),
         ('["https://a"]', "JSON object"),
-        ('{"https://a": {}}', "jwks_url or jwks_file"),
+        ('{"https://a": {}}', "jwks_url, jwks_file or jwks"),
         ('{"https://a": {"jwks_url": "http://a.example/jwks"}}', "https URL"),
-        ('{"https://a": {"jwks_url": "https://a/j", "jwks_file": "x"}}', "jwks_url or jwks_file"),
+        ('{"https://a": {"jwks_url": "https://a/j", "jwks_file": "x"}}', "jwks_url, jwks_file"),
+        ('{"https://a": "http://a.example/jwks"}', "https URL"),
+        ('{"https://a": ""}', "URL or file path, or an object"),
+        ('{"https://a": ["https://a/j"]}', "URL or file path, or an object"),
+        ('{"https://a": {"jwks": {"keys": "x"}}}', "jwks is not a JWK Set"),
+        ('{"https://a": {"jwks": {"keys": [{"kty": "oct", "kid": "k"}]}}}', "no EC or RSA"),
         ('{"https://a": {"jwks_url": "https://a/j", "tenant": ["x"]}}', "only"),
         ('{"https://a": {"jwks_url": "https://a/j", "tenants": "x"}}', "list of strings"),
     ],
@@ -423,6 +547,23 @@ def test_jwt_is_the_default_and_needs_trusted_issuers():
 def test_bad_trusted_issuers_are_start_up_errors(raw, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({"KCDS_TRUSTED_ISSUERS": raw})
+
+
+def test_both_forms_of_trusted_issuers(tmp_path):
+    """The plain form maps an issuer to where its JWK Set is (URL or file); the object form
+    also takes the JWK Set inline."""
+    plain = parse_trusted_issuers(
+        json.dumps({"https://a": "https://a.example/jwks.json", "https://b": "/etc/kcds/b.json"})
+    )
+    assert plain == (
+        TrustedIssuer("https://a", jwks_url="https://a.example/jwks.json"),
+        TrustedIssuer("https://b", jwks_file="/etc/kcds/b.json"),
+    )
+    inline = {"keys": [ES_KEY.jwk()]}
+    (issuer,) = parse_trusted_issuers(json.dumps({ISSUER: {"jwks": inline, "tenants": ["t"]}}))
+    assert issuer.jwks == inline and issuer.tenants == {"t"}
+    auth = JwtAuthenticator([issuer], loader=_no_network)
+    assert auth.verify(ES_KEY.token(SIGN_AUD, tenant="t"), SIGN_AUD).tenant == "t"
 
 
 def test_a_missing_jwks_file_is_a_start_up_error(tmp_path):
