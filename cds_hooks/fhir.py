@@ -69,7 +69,8 @@ class AllowedServers:
 
 
 class FhirClient:
-    """Reads from a client's FHIR server on behalf of one CDS request at a time."""
+    """Reads from a client's FHIR server on behalf of one CDS request at a time: the HTTP
+    :class:`~cds_hooks.source.FhirSource`."""
 
     def __init__(
         self, settings: FetchSettings, pool_size: int = 16, observer: Observer | None = None
@@ -86,6 +87,9 @@ class FhirClient:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.session.close()
+
+    def allows(self, server: str) -> bool:
+        return self.allowed.allows(server)
 
     def complete(
         self,

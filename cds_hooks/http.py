@@ -16,9 +16,9 @@ from werkzeug.exceptions import HTTPException
 from . import openapi
 from .auth import AuthenticationError, Caller
 from .errors import CDSHooksError, bad_request
-from .fhir import FhirClient
 from .observer import Observer
 from .service import ServiceCatalog, handle
+from .source import FhirSource
 from .validation import InputLimits, check, check_limits
 
 log = logging.getLogger("cds_hooks.http")
@@ -82,7 +82,7 @@ def _allowed_origin(settings: ProtocolSettings) -> str | None:
 def create_blueprint(
     catalog: ServiceCatalog,
     settings: ProtocolSettings,
-    fhir_client: FhirClient | None,
+    fhir_client: FhirSource | None,
     feedback_sink: FeedbackSink,
     authenticate: Authenticator | None = None,
 ) -> Blueprint:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CDSHooksError, bad_request
-from .fhir import FhirClient
 from .models import Response
 from .prefetch import KeyResult, interpret, render
+from .source import FhirSource
 from .validation import InputLimits, check_request
 
 
@@ -83,7 +83,7 @@ class ServiceCatalog:
 
 
 def resolve_prefetch(
-    service: ServiceDefinition, body: dict[str, Any], client: FhirClient | None
+    service: ServiceDefinition, body: dict[str, Any], client: FhirSource | None
 ) -> dict[str, KeyResult]:
     """Interpret what the client sent for each prefetch key and fetch the rest."""
     context = body["context"]
@@ -126,7 +126,7 @@ def resolve_prefetch(
 def handle(
     service: ServiceDefinition,
     body: Any,
-    client: FhirClient | None,
+    client: FhirSource | None,
     base_url: str,
     limits: InputLimits | None = None,
 ) -> tuple[HookRequest, Response]:
@@ -134,7 +134,7 @@ def handle(
     a ``client`` nothing is fetched, so ``fhirServer`` is not checked either."""
     check_request(body, service.hook, limits)
     server = body.get("fhirServer")
-    if server is not None and client is not None and not client.allowed.allows(server):
+    if server is not None and client is not None and not client.allows(server):
         raise bad_request(
             "fhirServer is not one of the FHIR servers this service may call", field="fhirServer"
         )

@@ -21,6 +21,7 @@ import yaml
 from cds_hooks.errors import CDSHooksError
 from cds_hooks.prefetch import KeyResult, bundle_resources
 from cds_hooks.service import ServiceCatalog, ServiceDefinition, handle
+from cds_hooks.source import FhirSource, MockFhirSource, Read
 from cds_hooks.validation import InputLimits
 from service.engine import policy
 from service.engine.terminology import load_yaml
@@ -77,7 +78,7 @@ def evaluate(
     body: Any,
     service_id: str | None = None,
     *,
-    client: Any = None,
+    client: FhirSource | None = None,
     base_url: str = OFFLINE_BASE_URL,
     limits: InputLimits | None = None,
 ) -> Outcome:
@@ -94,43 +95,26 @@ def evaluate(
     return Outcome(service.id, body, 200, response.to_json(), None, elapsed)
 
 
-class _AnyServer:
-    @staticmethod
-    def allows(_url: str) -> bool:
-        return True
-
-
-class FixtureFhir:
+class FixtureFhir(MockFhirSource):
     """The FHIR server of a fixture that sends no prefetch (``expected.fhir_data_from``):
     the service's reads are answered from the other fixture's prefetch, in-process, as
     ``tests/fhir_mock.py`` answers them over HTTP for the end-to-end tests. It stands where
     :class:`cds_hooks.fhir.FhirClient` stands, so the service's own prefetch resolution runs.
     """
 
-    allowed = _AnyServer()
-
     def __init__(self, prefetch: Mapping[str, Any]):
         self.prefetch = dict(prefetch)
+        super().__init__(self._answer)
 
-    def complete(
-        self,
-        base: str,
-        token: str | None,
-        wanted: Mapping[str, str],
-        partial: Mapping[str, KeyResult],
-    ) -> dict[str, KeyResult]:
-        out: dict[str, KeyResult] = {}
-        for key in [*wanted, *partial]:
-            value = self.prefetch.get(key)
-            if isinstance(value, Mapping) and value.get("resourceType") == "Bundle":
-                out[key] = KeyResult("fetched", bundle_resources(dict(value)))
-            elif isinstance(value, Mapping):
-                out[key] = KeyResult("fetched", [dict(value)])
-            elif key == "patient":
-                out[key] = KeyResult("unavailable", reason="the fixture has no such data")
-            else:
-                out[key] = KeyResult("fetched", [])
-        return out
+    def _answer(self, read: Read) -> KeyResult:
+        value = self.prefetch.get(read.key)
+        if isinstance(value, Mapping) and value.get("resourceType") == "Bundle":
+            return KeyResult("fetched", bundle_resources(dict(value)))
+        if isinstance(value, Mapping):
+            return KeyResult("fetched", [dict(value)])
+        if read.key == "patient":
+            return KeyResult("unavailable", reason="the fixture has no such data")
+        return KeyResult("fetched", [])
 
 
 def fixture_client(expected: Mapping[str, Any], now: datetime | None = None) -> FixtureFhir | None:
@@ -227,13 +211,7 @@ def policy_file_problems(path: str | Path) -> tuple[list[str], list[str]]:
         return [f"(file): not valid YAML/JSON: {exc}"], []
     if not isinstance(site, dict):
         return ["(top level): must be a mapping of policy keys"], []
-    default = load_yaml("policy.yaml")
-    thresholds = site.get("thresholds", {})
-    found = policy.problems({**default, **site, "thresholds": thresholds})
-    if isinstance(thresholds, dict):
-        merged = {**default, **site, "thresholds": {**default["thresholds"], **thresholds}}
-        found += [p for p in policy.problems(merged) if p not in found]
-    return found, _no_effect(site)
+    return policy.site_problems(load_yaml("policy.yaml"), site), _no_effect(site)
 
 
 def _no_effect(site: Mapping[str, Any]) -> list[str]:

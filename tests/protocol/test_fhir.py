@@ -7,9 +7,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from cds_hooks.fhir import FetchSettings, FhirClient
-from cds_hooks.models import Response as CDSResponse
 from cds_hooks.prefetch import KeyResult, interpret, render
-from cds_hooks.service import ServiceDefinition, resolve_prefetch
 
 TOKEN = "secret-fhir-token"
 
@@ -149,30 +147,14 @@ def test_unreachable_server_is_unavailable_not_an_error(client):
     assert out["c"].status == "unavailable" and "unreachable" in out["c"].reason
 
 
-def test_resolve_prefetch_completes_paged_client_bundles(httpserver, client):
+def test_a_paged_result_is_continued_from_its_next_link(httpserver, client):
     base = httpserver.url_for("/fhir")
     httpserver.expect_request("/fhir/Condition", query_string="page=2").respond_with_json(
         bundle({"resourceType": "Condition", "id": "b"})
     )
-    service = ServiceDefinition(
-        "s",
-        "patient-view",
-        "t",
-        "d",
-        lambda r: CDSResponse(),
-        prefetch={"c": "Condition?patient={{context.patientId}}"},
-    )
-    body = {
-        "context": {"patientId": "1"},
-        "fhirServer": base,
-        "prefetch": {
-            "c": bundle(
-                {"resourceType": "Condition", "id": "a"}, next_url=f"{base}/Condition?page=2"
-            )
-        },
-    }
-    out = resolve_prefetch(service, body, client)
-    assert [r["id"] for r in out["c"].resources] == ["a", "b"]
+    sent = bundle({"resourceType": "Condition", "id": "a"}, next_url=f"{base}/Condition?page=2")
+    out = client.complete(base, None, {}, {"c": interpret(sent, present=True)})
+    assert [r["id"] for r in out["c"].resources] == ["a", "b"] and out["c"].complete
 
 
 def test_key_result_availability():
