@@ -61,6 +61,22 @@ class Policy:
         return self.rules.get(rule_id, {}).get("severity", default)
 
 
+def merge(default: dict[str, Any], site: dict[str, Any]) -> dict[str, Any]:
+    """A site policy over the default: top-level keys replace, thresholds merge one by one."""
+    thresholds = site.get("thresholds", {})
+    if isinstance(thresholds, dict):
+        thresholds = {**default["thresholds"], **thresholds}
+    return {**default, **site, "thresholds": thresholds}
+
+
+def site_problems(default: dict[str, Any], site: dict[str, Any]) -> list[str]:
+    """Every problem of a site policy: its own thresholds checked as written (so a bad value
+    is named even where the default would fill in), then the document merged over the
+    default."""
+    found = problems({**default, **site, "thresholds": site.get("thresholds", {})})
+    return found + [p for p in problems(merge(default, site)) if p not in found]
+
+
 def load(path: str | Path | None = None) -> Policy:
     """The default policy, or a site file merged over it; raise PolicyError if invalid."""
     document = load_yaml("policy.yaml")
@@ -73,14 +89,10 @@ def load(path: str | Path | None = None) -> Policy:
             raise PolicyError(f"policy file {path} is not valid YAML/JSON: {exc}") from None
         if not isinstance(site, dict):
             raise PolicyError(f"policy file {path} must hold a mapping at the top level")
-        found = problems({**document, **site, "thresholds": site.get("thresholds", {})})
+        found = site_problems(document, site)
         if found:
             raise PolicyError(f"policy file {path} is invalid: " + "; ".join(found))
-        document = {
-            **document,
-            **site,
-            "thresholds": {**document["thresholds"], **site.get("thresholds", {})},
-        }
+        document = merge(document, site)
     found = problems(document)
     if found:
         raise PolicyError("policy is invalid: " + "; ".join(found))
