@@ -272,6 +272,13 @@ class Settings:
         shown="`registry` (`memory` with `KCDS_REGISTRY=off`)",
         secret=True,  # a URL may hold a password
     )
+    replay_outage: str = _var(
+        "KCDS_REPLAY_OUTAGE",
+        "memory",
+        choice("memory", "refuse"),
+        "when the shared replay cache does not answer: `memory` (calls go on, replays checked "
+        "per process until it is back; logged and counted) or `refuse` (calls answered `503`)",
+    )
     cors_origins: tuple[str, ...] = _var(
         "KCDS_CORS_ORIGINS",
         (),
@@ -308,6 +315,19 @@ class Settings:
         20 * 1024 * 1024,
         whole(1024, 1024**3, BYTES),
         "largest FHIR response read; a larger one makes its key unavailable",
+    )
+    fhir_max_request_bytes: int = _var(
+        "KCDS_FHIR_MAX_REQUEST_BYTES",
+        20 * 1024 * 1024,
+        whole(1024, 1024**3, BYTES),
+        "most bytes read from the FHIR server for one hook call, all keys and pages together",
+    )
+    fhir_server_concurrency: int = _var(
+        "KCDS_FHIR_SERVER_CONCURRENCY",
+        4,
+        whole(1, 64),
+        "fetches in flight to one `fhirServer` per worker process; the others wait (within "
+        "`KCDS_FHIR_TIMEOUT`), so one slow server cannot take every fetch thread",
     )
     max_body_bytes: int = _var(
         "KCDS_MAX_BODY_BYTES",
@@ -363,6 +383,22 @@ class Settings:
         SECRET,
         "bearer token for `GET /registry/summary`; without it that endpoint does not exist",
         secret=True,
+    )
+    journal: str | None = _var(
+        "KCDS_JOURNAL",
+        None,
+        text("path"),
+        "the local journal (SQLite): every evaluation and feedback item is written here before "
+        "the answer, then shipped to the registry database; put it on the instance's "
+        "persistent volume (see [production](docs/production.md#durability))",
+        shown="beside the SQLite registry; `./kcds-journal-<hash>.db` with PostgreSQL",
+    )
+    journal_sync: str = _var(
+        "KCDS_JOURNAL_SYNC",
+        "normal",
+        choice("normal", "full"),
+        "`normal`: a journaled record survives a crash of the process; `full`: a power loss "
+        "too (an fsync per write)",
     )
     # -- operations
     metrics_token: str | None = _var(
