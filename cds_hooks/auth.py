@@ -17,8 +17,8 @@ token is accepted only when every check passes, in this order:
    the age bound (each with a small clock skew); ``tenant`` is allowed where the issuer
    lists tenants;
 5. the ``jti`` has not been seen from that issuer while the token could still be valid
-   (a :class:`ReplayCache`: the in-process one here, or a shared store from
-   :mod:`cds_hooks.replay` when several workers or instances run).
+   (a :class:`~cds_hooks.replay.ReplayCache`: in-process, or a shared store when several
+   workers or instances run).
 
 A refusal is a 401 whose body never says which check failed; the log line says which, and
 never contains the token.
@@ -26,7 +26,6 @@ never contains the token.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import math
@@ -35,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
@@ -43,6 +42,7 @@ import requests
 from flask import Request
 
 from .errors import CDSHooksError
+from .replay import MemoryReplayCache, ReplayCache
 
 log = logging.getLogger("cds_hooks.auth")
 
@@ -199,44 +199,6 @@ def parse_trusted_issuers(text: str) -> tuple[TrustedIssuer, ...]:
             )
         )
     return tuple(issuers)
-
-
-class ReplayCache(Protocol):
-    """Remembers the ``jti`` of accepted tokens. An implementation backed by a shared store
-    (a database, Redis) lets several service instances refuse each other's replays."""
-
-    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
-        """Record (issuer, jti) until ``expires_at`` (epoch seconds), atomically: True the
-        first time, False when it is already recorded and not yet expired (a replay)."""
-        ...
-
-
-class MemoryReplayCache:
-    """The in-process :class:`ReplayCache`: a dict with expiry times and a heap to drop
-    expired entries. Each process has its own; thread-safe."""
-
-    def __init__(self, clock: Clock = time.time):
-        self._clock = clock
-        self._expiry: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, tuple[str, str]]] = []
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
-        key = (issuer, jti)
-        now = self._clock()
-        with self._lock:
-            while self._heap and self._heap[0][0] <= now:
-                when, old = heapq.heappop(self._heap)
-                if self._expiry.get(old) == when:
-                    del self._expiry[old]
-            if self._expiry.get(key, -math.inf) > now:
-                return False
-            self._expiry[key] = expires_at
-            heapq.heappush(self._heap, (expires_at, key))
-            return True
 
 
 def load_jwks(location: str, timeout: float = 3.0) -> Any:

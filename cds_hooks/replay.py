@@ -1,15 +1,17 @@
-"""Shared JWT replay caches: several service instances refuse each other's replays.
+"""JWT replay caches: the ``jti`` of every accepted token, remembered until it expires.
 
-The in-process :class:`cds_hooks.auth.MemoryReplayCache` catches a token replayed against the
-same process only. These implement the same :class:`cds_hooks.auth.ReplayCache` interface on
-a store every instance reaches:
+:class:`ReplayCache` is what :class:`cds_hooks.auth.JwtAuthenticator` needs;
+:func:`open_replay_cache` gives the one a ``KCDS_REPLAY_CACHE`` URL names:
 
+- :class:`MemoryReplayCache`, in-process: catches a token replayed against the same process
+  only;
 - :class:`RedisReplayCache`: ``SET key 1 NX EXAT expiry``, one round trip, atomic;
 - :class:`SqlReplayCache`, on PostgreSQL (several hosts) or SQLite (one host's workers):
   ``INSERT … ON CONFLICT … DO UPDATE … WHERE expired RETURNING``, atomic under concurrent
   inserts of the same ``jti``, with a periodic purge of expired rows.
 
-Keys are a SHA-256 of the issuer and the ``jti``: no token content is stored. When the store
+The last two are shared: several service instances refuse each other's replays. Their keys
+are a SHA-256 of the issuer and the ``jti``: no token content is stored. When the store
 cannot be reached the call is refused with a 503 (fail closed, and retryable), never let
 through unchecked.
 """
@@ -17,13 +19,14 @@ through unchecked.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .errors import CDSHooksError
 
@@ -48,6 +51,63 @@ class ReplayCacheUnavailable(CDSHooksError):
         )
 
 
+@runtime_checkable
+class ReplayCache(Protocol):
+    """Remembers the ``jti`` of accepted tokens."""
+
+    #: True when other processes see the same entries (a shared store, which readiness checks)
+    shared: ClassVar[bool]
+
+    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
+        """Record (issuer, jti) until ``expires_at`` (epoch seconds), atomically: True the
+        first time, False when it is already recorded and not yet expired (a replay)."""
+        ...
+
+    def ping(self) -> None:
+        """Raises when the store does not answer (readiness)."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        ...
+
+
+class MemoryReplayCache:
+    """The in-process :class:`ReplayCache`: a dict with expiry times and a heap to drop
+    expired entries. Each process has its own; thread-safe."""
+
+    shared = False
+
+    def __init__(self, clock: Clock = time.time):
+        self._clock = clock
+        self._expiry: dict[tuple[str, str], float] = {}
+        self._heap: list[tuple[float, tuple[str, str]]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
+        key = (issuer, jti)
+        now = self._clock()
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now:
+                when, old = heapq.heappop(self._heap)
+                if self._expiry.get(old) == when:
+                    del self._expiry[old]
+            if self._expiry.get(key, -math.inf) > now:
+                return False
+            self._expiry[key] = expires_at
+            heapq.heappush(self._heap, (expires_at, key))
+            return True
+
+    def ping(self) -> None:
+        """Never raises: the cache is this process's memory."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 def cache_key(issuer: str, jti: str) -> str:
     """A fixed-length key for (issuer, jti): SHA-256 of both, each length-prefixed so that
     no two pairs share a key; nothing of the token is stored as it was."""
@@ -56,7 +116,9 @@ def cache_key(issuer: str, jti: str) -> str:
 
 
 class RedisReplayCache:
-    """A :class:`~cds_hooks.auth.ReplayCache` in Redis (``redis://`` or ``rediss://`` URL)."""
+    """A :class:`ReplayCache` in Redis (``redis://`` or ``rediss://`` URL)."""
+
+    shared = True
 
     def __init__(self, url: str, prefix: str = "kcds:jti:", clock: Clock = time.time):
         import redis  # only needed when configured
@@ -117,7 +179,7 @@ def _sql_engine(url: str) -> Any:
 
 
 class SqlReplayCache:
-    """A :class:`~cds_hooks.auth.ReplayCache` in a table of PostgreSQL (several hosts) or
+    """A :class:`ReplayCache` in a table of PostgreSQL (several hosts) or
     SQLite (the workers and instances of one host), created when missing.
 
     One row per accepted ``jti`` with its expiry (epoch seconds). Inserting a key that exists
@@ -126,6 +188,8 @@ class SqlReplayCache:
     (SQLite: on the database's write lock), so exactly one of them wins. Expired rows are
     deleted every :data:`PURGE_EVERY` seconds.
     """
+
+    shared = True
 
     def __init__(self, url: str, clock: Clock = time.time, purge_every: float = PURGE_EVERY):
         self._engine = _sql_engine(url)
@@ -186,11 +250,9 @@ class SqlReplayCache:
 PostgresReplayCache = SqlReplayCache
 
 
-def open_replay_cache(url: str, clock: Clock = time.time) -> Any:
+def open_replay_cache(url: str, clock: Clock = time.time) -> ReplayCache:
     """The replay cache a ``KCDS_REPLAY_CACHE`` URL names; ValueError for anything else.
     ``memory`` is the in-process one (no sharing)."""
-    from .auth import MemoryReplayCache
-
     scheme = url.split(":", 1)[0].lower()
     if url == "memory":
         return MemoryReplayCache(clock)

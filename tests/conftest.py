@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path(__file__).resolve().parent / "conformance"
 #: the PostgreSQL the tests create their throwaway databases in (trust auth)
 POSTGRES = os.environ.get("KCDS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+#: the Redis the shared replay cache tests use (a database of its own)
+REDIS = "redis://127.0.0.1:6379/15"
 
 
 def free_port() -> int:
@@ -135,6 +137,19 @@ def postgres_server() -> str:
     except psycopg.OperationalError as exc:
         pytest.skip(f"PostgreSQL did not answer at {POSTGRES} ({str(exc).strip()})")
     return POSTGRES
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis on 127.0.0.1:6379 (database 15), or a skip that says it did not answer."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            if not s.recv(16).startswith(b"+PONG"):
+                raise OSError("not Redis")
+    except OSError as exc:
+        pytest.skip(f"Redis did not answer at 127.0.0.1:6379 ({exc})")
+    return REDIS
 
 
 @pytest.fixture

@@ -137,9 +137,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     if registry:
         checks["registry"] = registry.ping
         registry.on_failure = observer.registry_failed
-    replay = getattr(authenticate, "replay", None)
-    if callable(getattr(replay, "ping", None)):
-        checks["replay_cache"] = replay.ping
+    if authenticate is not None and authenticate.replay.shared:
+        checks["replay_cache"] = authenticate.replay.ping
     app.register_blueprint(health_blueprint(checks))
     app.register_blueprint(metrics_blueprint(settings.metrics_token))
     Metrics.started(__version__, engine.policy.version)

@@ -4,7 +4,6 @@ free again, and an unreachable store refuses (503) rather than letting a token t
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,20 +27,6 @@ from service.config import Settings
 from service.web.app import create_app
 from tests.auth_helpers import ISSUER, PUBLIC_URL, bearer, es384
 from tests.conftest import free_port, start_gunicorn, stop
-
-REDIS = "redis://127.0.0.1:6379/15"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=2) as s:
-            s.sendall(b"PING\r\n")
-            if not s.recv(16).startswith(b"+PONG"):
-                raise OSError("not Redis")
-    except OSError as exc:
-        pytest.skip(f"Redis did not answer at 127.0.0.1:6379 ({exc})")
-    return REDIS
 
 
 class Clock:

@@ -24,11 +24,11 @@ from cds_hooks.auth import (
     AuthenticationError,
     JwtAuthenticator,
     JwtPolicy,
-    MemoryReplayCache,
     TrustedIssuer,
     load_jwks,
     parse_trusted_issuers,
 )
+from cds_hooks.replay import MemoryReplayCache
 from service.config import ConfigError, Settings
 from service.tools.fixtures import load
 from service.web.app import create_app
