@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -31,6 +32,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
 )
 
 
@@ -74,6 +76,8 @@ evaluation = Table(
     Column("patient_key", String(64), nullable=False, index=True),
     Column("policy_version", Text, nullable=False),
     Column("service_version", Text, nullable=False),
+    #: the snooze lookup (``snooze``): one patient's recent evaluations, newest last
+    Index("ix_kcds_evaluation_patient_time", "patient_key", "recorded_at"),
 )
 
 order = Table(
@@ -102,6 +106,8 @@ card = Table(
     Column("card_uuid", Text, primary_key=True),
     Column("evaluation_id", ForeignKey(evaluation.c.id), nullable=False, index=True),
     Column("position", Integer, nullable=False),  # the card's place in the response
+    Column("indicator", String(16)),  # since schema 2: a snooze holds for warning cards only
+    Column("drug", Text),  # since schema 2: the drug of the order (or course) it is about
 )
 
 card_rule = Table(
@@ -134,11 +140,28 @@ feedback = Table(
 EVALUATION_TABLES = (evaluation, order, finding, card, card_rule)
 
 #: the schema version these definitions describe
-LATEST = 1
+LATEST = 2
+
+
+def _v2_snooze(conn: Connection) -> None:
+    """Schema 2 (spec §7 v2, snooze): each card's indicator and drug, and an index on an
+    evaluation's patient key and time, so a hook can find the patient's snoozed warnings
+    for a drug in one indexed range read (``service.registry.snooze``). Cards recorded
+    before it have neither column set and so never snooze anything."""
+    conn.execute(text("ALTER TABLE kcds_card ADD COLUMN indicator VARCHAR(16)"))
+    conn.execute(text("ALTER TABLE kcds_card ADD COLUMN drug TEXT"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_kcds_evaluation_patient_time "
+            "ON kcds_evaluation (patient_key, recorded_at)"
+        )
+    )
+
+
 #: version → the step that brings a database from the version before it. Each step is
 #: written against the schema of its predecessor, never against the definitions above,
 #: which only ever create a fresh database.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2_snooze}
 
 
 def migrate(conn: Connection) -> int:

@@ -480,7 +480,8 @@ def test_a_fresh_database_is_created_and_stamped_and_reopening_changes_nothing(d
     for _ in range(2):
         registry_store = open_store(database_url)
         with registry_store.reading() as conn:
-            assert conn.execute(select(schema.schema_version.c.version)).scalars().all() == [1]
+            versions = conn.execute(select(schema.schema_version.c.version)).scalars().all()
+            assert versions == [schema.LATEST]
             tables = set(inspect(conn).get_table_names())
         assert {t.name for t in schema.metadata.sorted_tables} <= tables
 
@@ -498,14 +499,16 @@ def test_an_older_schema_is_migrated_and_a_newer_one_refused(database_url, monke
     def add_site(conn):
         conn.execute(text("ALTER TABLE kcds_evaluation ADD COLUMN site TEXT"))
 
-    monkeypatch.setattr(schema, "LATEST", 2)
-    monkeypatch.setattr(schema, "MIGRATIONS", {2: add_site})
+    latest = schema.LATEST
+    monkeypatch.setattr(schema, "LATEST", latest + 1)
+    monkeypatch.setattr(schema, "MIGRATIONS", {latest + 1: add_site})
     migrated = open_store(database_url)
     with migrated.reading() as conn:
-        assert conn.execute(select(schema.schema_version.c.version)).scalars().all() == [1, 2]
+        versions = conn.execute(select(schema.schema_version.c.version)).scalars().all()
+        assert versions == [latest, latest + 1]
         assert "site" in {c["name"] for c in inspect(conn).get_columns("kcds_evaluation")}
-    monkeypatch.setattr(schema, "LATEST", 1)
-    with pytest.raises(RegistryError, match="schema version 2, newer"):
+    monkeypatch.setattr(schema, "LATEST", latest)
+    with pytest.raises(RegistryError, match=f"schema version {latest + 1}, newer"):
         open_store(database_url)
 
 
