@@ -445,6 +445,51 @@ class Settings:
         "it, a new id adds a set; loaded at start-up",
         shown="shipped sets only",
     )
+    # -- the SMART course view (docs/smart.md)
+    smart_client_id: str | None = _var(
+        "KCDS_SMART_CLIENT_ID",
+        None,
+        text("client id"),
+        "the course view's SMART client id, as the EHR registered it; the course view and "
+        "the cards' `smart` links exist only with it",
+    )
+    smart_issuers: tuple[str, ...] = _var(
+        "KCDS_SMART_ISSUERS",
+        (),
+        Reader("FHIR base URLs, comma-separated", lambda env, name, default: _list(env, name)),
+        "the FHIR servers (`iss`) allowed to launch the course view; required with "
+        "`KCDS_SMART_CLIENT_ID`",
+    )
+    smart_scopes: str | None = _var(
+        "KCDS_SMART_SCOPES",
+        None,
+        text("space-separated scopes"),
+        "the scopes asked for",
+        shown="`launch openid fhirUser patient/*.rs` (`patient/*.read` where the server lacks "
+        "SMART v2)",
+    )
+    smart_client_secret: str | None = _var(
+        "KCDS_SMART_CLIENT_SECRET",
+        None,
+        text("secret"),
+        "makes the course view a confidential client (`client_secret_basic`); without it, a "
+        "public client with PKCE",
+        secret=True,
+    )
+    session_key: str | None = _var(
+        "KCDS_SESSION_KEY",
+        None,
+        SECRET,
+        "signs the course view's session cookie (which holds an opaque session id only); "
+        "required with `KCDS_SMART_CLIENT_ID`",
+        secret=True,
+    )
+    smart_session_ttl: float = _var(
+        "KCDS_SMART_SESSION_TTL",
+        3600.0,
+        number(60, 86400),
+        "a course view session ends after this long, or when its access token expires",
+    )
     # -- gunicorn (service/web/gunicorn_conf.py)
     workers: int = _var(
         "KCDS_WORKERS",
