@@ -16,9 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from service.engine.prefetch import PREFETCH
 from service.tools import convert
 
-TYPE_OF_KEY = {key: kind for kind, key in convert.KEY_OF_TYPE.items()}
+TYPE_OF_KEY = {key: kind for key, (kind, _) in PREFETCH.items()}
 
 
 class SlowFhirServer(ThreadingHTTPServer):

@@ -6,9 +6,9 @@ import orjson
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from service.tools.convert import KEY_OF_TYPE
+from service.engine.prefetch import PREFETCH
 
-TYPE_OF_KEY = {key: kind for kind, key in KEY_OF_TYPE.items()}
+TYPE_OF_KEY = {key: kind for key, (kind, _) in PREFETCH.items()}
 
 
 def serve_prefetch(server: HTTPServer, prefetch: dict, token: str | None, seen: list) -> str:

@@ -13,6 +13,7 @@ from cds_hooks.service import HookRequest, ServiceDefinition
 from .cards import RenderContext, render
 from .orders import OrderInvalid, has_ketamine, ketamine_orders
 from .policy import Policy
+from .prefetch import templates
 from .record import RecordBuilder, ketamine_kind
 from .rules import Evaluation, Finding, evaluate
 from .rules.dosing import mg_per_kg
@@ -21,23 +22,6 @@ from .terminology import Terminology
 Clock = Callable[[], datetime]
 #: (the hook request, the evaluation summary) → None; the registry plugs in here
 Recorder = Callable[[HookRequest, dict[str, Any]], None]
-
-PATIENT = "{{context.patientId}}"
-
-
-def prefetch_templates(observation_codes: list[str]) -> dict[str, str]:
-    """Searches by patient only (spec §3); observations restricted to the LOINC codes read."""
-    return {
-        "patient": f"Patient/{PATIENT}",
-        "conditions": f"Condition?patient={PATIENT}",
-        "medicationRequests": f"MedicationRequest?patient={PATIENT}",
-        "medicationStatements": f"MedicationStatement?patient={PATIENT}",
-        "medicationAdministrations": f"MedicationAdministration?patient={PATIENT}",
-        "observations": f"Observation?patient={PATIENT}&code=http://loinc.org|"
-        + ",".join(observation_codes),
-        "allergies": f"AllergyIntolerance?patient={PATIENT}",
-        "procedures": f"Procedure?patient={PATIENT}",
-    }
 
 
 class KetamineCDS:
@@ -55,7 +39,7 @@ class KetamineCDS:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.recorder = recorder
         self.builder = RecordBuilder(terminology, policy.rating_scale_loinc)
-        self.prefetch = prefetch_templates(sorted(self.builder.observation_codes))
+        self.prefetch = templates(sorted(self.builder.observation_codes))
 
     # -- services -------------------------------------------------------------------------
 

@@ -42,10 +42,10 @@ from typing import Any
 
 import orjson
 
+from service.engine.prefetch import KEY_OF_TYPE, PREFETCH
+
 __all__ = [
-    "KEY_OF_TYPE",
     "PATIENT_FIELDS",
-    "PREFETCH_KEYS",
     "ConversionError",
     "concept",
     "esketamine_order",
@@ -63,28 +63,8 @@ NDC = "http://hl7.org/fhir/sid/ndc"
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 
-#: The service's prefetch keys (``service.engine.hooks.prefetch_templates``), in template order.
-PREFETCH_KEYS = (
-    "patient",
-    "conditions",
-    "medicationRequests",
-    "medicationStatements",
-    "medicationAdministrations",
-    "observations",
-    "allergies",
-    "procedures",
-)
-#: resource type → the prefetch key whose search returns it
-KEY_OF_TYPE = {
-    "Patient": "patient",
-    "Condition": "conditions",
-    "MedicationRequest": "medicationRequests",
-    "MedicationStatement": "medicationStatements",
-    "MedicationAdministration": "medicationAdministrations",
-    "Observation": "observations",
-    "AllergyIntolerance": "allergies",
-    "Procedure": "procedures",
-}
+#: the prefetch keys that are searches (all but ``patient``)
+_SEARCH_KEYS = tuple(key for key in PREFETCH if key != "patient")
 #: the elements that say whose a resource is (``patient`` for AllergyIntolerance)
 PATIENT_FIELDS = ("subject", "patient")
 #: the elements through which a medication resource names a Medication
@@ -324,10 +304,11 @@ def to_hook_request(
     * ``observation_codes``: LOINC codes to keep, as the service's observation search asks;
       ``None`` (default) keeps every observation, like a server ignoring the code filter.
 
-    ``prefetch`` carries all eight keys of the service (``PREFETCH_KEYS``): ``patient`` the
-    Patient resource, the others searchset Bundles (empty when the patient has none). Only
-    resources whose ``subject``/``patient`` is the chosen patient are kept; Medication
-    resources referenced by a kept medication resource are added as ``include`` entries.
+    ``prefetch`` carries every key of the service's prefetch table
+    (``service.engine.prefetch.PREFETCH``): ``patient`` the Patient resource, the others
+    searchset Bundles (empty when the patient has none). Only resources whose
+    ``subject``/``patient`` is the chosen patient are kept; Medication resources referenced
+    by a kept medication resource are added as ``include`` entries.
     ``urn:uuid:`` references left in ``resources`` are rewritten to ``Type/id``. With
     ``validate`` (default) the result is checked against the service's request schemas and
     :class:`cds_hooks.errors.CDSHooksError` is raised if it is not valid.
@@ -353,8 +334,8 @@ def to_hook_request(
         for r in resources
         if r.get("resourceType") == "Medication" and isinstance(r.get("id"), str)
     }
-    matches: dict[str, list[dict[str, Any]]] = {key: [] for key in PREFETCH_KEYS[1:]}
-    included: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in PREFETCH_KEYS[1:]}
+    matches: dict[str, list[dict[str, Any]]] = {key: [] for key in _SEARCH_KEYS}
+    included: dict[str, dict[str, dict[str, Any]]] = {key: {} for key in _SEARCH_KEYS}
     for r in resources:
         key = KEY_OF_TYPE.get(r.get("resourceType"))  # type: ignore[arg-type]
         if key is None or key == "patient" or _patient_of(r) != patient_id:
@@ -367,7 +348,7 @@ def to_hook_request(
             included[key][ref["reference"]] = medications[ref["reference"]]
 
     prefetch: dict[str, Any] = {"patient": patient}
-    for key in PREFETCH_KEYS[1:]:
+    for key in _SEARCH_KEYS:
         prefetch[key] = searchset(matches[key], list(included[key].values()), fhir_server)
 
     context: dict[str, Any] = {"userId": user_id, "patientId": patient_id}

@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 from cds_hooks.service import ServiceCatalog, handle
 from cds_hooks.validation import validator
 from service.config import Settings
-from service.tools.convert import KEY_OF_TYPE
+from service.engine.prefetch import PREFETCH
 from service.tools.fixtures import card_rules, load
 from service.web.app import build_engine
 
 ENGINE = build_engine(Settings())
 CATALOG = ServiceCatalog(ENGINE.services())
-KEY_TYPES = {key: kind for kind, key in KEY_OF_TYPE.items() if kind != "Patient"}
+KEY_TYPES = {key: kind for key, (kind, _) in PREFETCH.items() if kind != "Patient"}
 
 
 def evaluate(request, service="ketamine-order-sign"):

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from cds_hooks.validation import check_request
-from service.engine.hooks import prefetch_templates
+from service.engine.prefetch import PREFETCH
 from service.tools import convert
 
 SAMPLES = Path(__file__).resolve().parents[2] / "fixtures" / "synthea"
@@ -117,11 +117,9 @@ def test_leftover_urn_uuid_references_are_resolved_by_id():
 # -- the request ---------------------------------------------------------------------------
 
 
-def test_prefetch_keys_are_exactly_the_services():
-    assert list(convert.PREFETCH_KEYS) == list(prefetch_templates([]))
-    for key, template in prefetch_templates([]).items():
-        kind = template.split("?")[0].split("/")[0]
-        assert convert.KEY_OF_TYPE[kind] == key
+def test_each_prefetch_query_searches_its_resource_type():
+    for kind, query in PREFETCH.values():
+        assert query.split("?")[0].split("/")[0] == kind
 
 
 @needs_sample
@@ -136,7 +134,7 @@ def test_synthea_patient_becomes_a_valid_order_sign_request():
     assert draft["subject"] == {"reference": f"Patient/{ENDA_ID}"}
     assert "subject" not in order  # the caller's order is not modified
     prefetch = body["prefetch"]
-    assert list(prefetch) == list(convert.PREFETCH_KEYS)
+    assert list(prefetch) == list(PREFETCH)
     assert prefetch["patient"]["resourceType"] == "Patient"
     counts = {k: len(v["entry"]) for k, v in prefetch.items() if k != "patient"}
     assert counts == {
