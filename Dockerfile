@@ -15,7 +15,9 @@ RUN python3 -m venv /opt/kcds
 COPY pyproject.toml README.md ./
 COPY cds_hooks ./cds_hooks
 COPY service ./service
-RUN /opt/kcds/bin/pip install --no-cache-dir --disable-pip-version-check . \
+# the database drivers are extras: the image has both, so any KCDS_DATABASE_URL or
+# KCDS_REPLAY_CACHE of the configuration table works in it
+RUN /opt/kcds/bin/pip install --no-cache-dir --disable-pip-version-check '.[postgres,redis]' \
  && /opt/kcds/bin/pip uninstall --yes --quiet pip \
  && find /opt/kcds -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/kcds/bin/python -m compileall -q /opt/kcds/lib
@@ -24,16 +26,15 @@ FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="ketamine-cds" \
       org.opencontainers.image.description="CDS Hooks 2.0 decision support for ketamine and esketamine orders (FHIR R4)" \
       org.opencontainers.image.licenses="Apache-2.0"
-# Defaults for a 2-core container; every KCDS_* variable of the README can be set at run time.
+# Every KCDS_* variable of the README's table can be set at run time; their defaults (in
+# service/config.py) suit a 2-core container. Only what differs in the image is set here.
 # KCDS_AUTH=jwt is the default: the container needs KCDS_TRUSTED_ISSUERS and, with the
-# registry on, KCDS_PSEUDONYM_KEY (see the README's "Running in production").
+# registry on, KCDS_PSEUDONYM_KEY (see docs/production.md).
 ENV PATH=/opt/kcds/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     KCDS_DATABASE_URL=sqlite:////var/lib/kcds/ketamine-cds.db \
-    KCDS_FIXTURES_DIR=/opt/kcds/fixtures \
-    KCDS_WORKERS=2 \
-    KCDS_THREADS=4
+    KCDS_FIXTURES_DIR=/opt/kcds/fixtures
 COPY --from=build /opt/kcds /opt/kcds
 COPY fixtures /opt/kcds/fixtures
 RUN groupadd --gid 10001 kcds \

@@ -10,6 +10,7 @@ equal to this module. To add a setting, add one field here (``_var(...)``), then
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -176,7 +177,34 @@ def _replay_cache(env: Env, name: str, default: str) -> str:
             f"{name} must be memory, registry, redis://host:6379/0, "
             f"postgresql://… or sqlite:///path.db, not {scheme!r}"
         )
-    return value
+    return _driver_installed(name, value)
+
+
+#: URL scheme → (the module of its driver, the extra of this package that installs it)
+DRIVERS = {
+    "redis": ("redis", "redis"),
+    "rediss": ("redis", "redis"),
+    "unix": ("redis", "redis"),
+    "postgresql": ("psycopg", "postgres"),
+    "postgres": ("psycopg", "postgres"),
+}
+
+
+def _driver_installed(name: str, url: str) -> str:
+    """``url``, when the driver its scheme needs is installed; else a ConfigError naming the
+    extra that installs it (the drivers are extras: a site installs the one it uses)."""
+    scheme, _, driver = url.split(":", 1)[0].lower().partition("+")
+    module, extra = DRIVERS.get(scheme, ("", ""))
+    if module and driver in ("", module) and importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"{name}: a {scheme}:// URL needs the {module} package, which is not installed "
+            f"(pip install 'ketamine-cds[{extra}]')"
+        )
+    return url
+
+
+def _database_url(env: Env, name: str, default: str) -> str:
+    return _driver_installed(name, _raw(env, name) or default)
 
 
 def _preview(env: Env, name: str, default: bool | None) -> bool | None:
@@ -352,7 +380,7 @@ class Settings:
     database_url: str = _var(
         "KCDS_DATABASE_URL",
         "sqlite:///./ketamine-cds.db",
-        text("`sqlite:///path.db` or `postgresql://…`"),
+        Reader("`sqlite:///path.db` or `postgresql://…`", _database_url),
         "the registry's database: SQLite (created on first start, WAL) or PostgreSQL "
         "(needs the `[postgres]` extra)",
     )
