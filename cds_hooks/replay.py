@@ -121,7 +121,12 @@ class RedisReplayCache:
     shared = True
 
     def __init__(self, url: str, prefix: str = "kcds:jti:", clock: Clock = time.time):
-        import redis  # only needed when configured
+        try:
+            import redis  # an extra of the package: only needed when configured
+        except ImportError:
+            raise ImportError(
+                "a redis:// replay cache needs pip install 'ketamine-cds[redis]'"
+            ) from None
 
         self._redis = redis
         self._client = redis.Redis.from_url(

@@ -2,6 +2,7 @@
 URL whose driver is not installed refused at start naming the extra that installs it."""
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -57,3 +58,11 @@ def test_a_database_driver_that_is_not_installed_names_its_extra(without):
     assert Settings.from_env({}).replay_cache == "sqlite:///./ketamine-cds.db"
     # another driver named in the URL is the site's business
     assert Settings.from_env({"KCDS_DATABASE_URL": "postgresql+pg8000://db/kcds"})
+
+
+def test_the_redis_replay_cache_names_its_extra_when_the_client_is_missing(monkeypatch):
+    from cds_hooks.replay import open_replay_cache
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # import redis now fails
+    with pytest.raises(ImportError, match=r"ketamine-cds\[redis\]"):
+        open_replay_cache("redis://127.0.0.1:6379/0")
