@@ -24,6 +24,9 @@ from .validation import InputLimits, check, check_limits
 log = logging.getLogger("cds_hooks.http")
 
 JSON_TYPES = ("application/json", "application/fhir+json")
+#: WSGI environ key where the access log leaves the matched route (or "unmatched"), so a
+#: server's own access log can name it instead of the raw path, which a caller chooses
+ROUTE_KEY = "cds_hooks.route"
 
 #: (service id, feedback items) → a JSON-able acknowledgement
 FeedbackSink = Callable[[str, list[dict[str, Any]]], dict[str, Any]]
@@ -211,6 +214,7 @@ def install(app: Flask, blueprint: Blueprint, settings: ProtocolSettings) -> Non
         started = g.get("started")
         seconds = time.perf_counter() - started if started else None
         route = request.url_rule.rule if request.url_rule else "unmatched"
+        request.environ[ROUTE_KEY] = route  # for a server's own access log: no raw path
         fields = {
             "method": request.method,
             "path": route,

@@ -51,6 +51,8 @@ max_requests_jitter = _setting("max_requests_jitter")
 preload_app = True  # load policy and value sets once, before forking
 accesslog = None  # the app writes its own JSON access log without patient data
 errorlog = "-"
+# gunicorn's own lines (start, workers, signals; its access log if switched on) as JSON too
+logger_class = "service.web.logs.GunicornLogger"
 # the workers' heartbeat files: in memory where there is /dev/shm, so a read-only root
 # filesystem (or a slow disk) does not matter
 worker_tmp_dir = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
