@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, bindparam, select
 
 from service.engine.snooze import SnoozeOverride
 
@@ -46,28 +46,27 @@ class SnoozeUnavailable(RuntimeError):
     """The registry did not say, in time, which warnings are snoozed."""
 
 
-def overrides_query(
-    patient_key: str, drugs: Collection[str], system: str, codes: Collection[str], since: datetime
-):
-    """The snooze overrides of this patient's warning cards about ``drugs`` since ``since``:
-    rule id, drug, reason code, and the override's outcome and arrival times."""
-    return (
-        select(cr.c.rule_id, c.c.drug, fb.c.reason_code, fb.c.outcome_time, fb.c.received_at)
-        .select_from(
-            e.join(c, c.c.evaluation_id == e.c.id)
-            .join(cr, and_(cr.c.card_uuid == c.c.card_uuid, cr.c.position == 0))
-            .join(fb, fb.c.card_uuid == c.c.card_uuid)
-        )
-        .where(
-            e.c.patient_key == patient_key,
-            e.c.recorded_at >= since,
-            c.c.indicator == "warning",
-            c.c.drug.in_(list(drugs)),
-            fb.c.outcome == "overridden",
-            fb.c.reason_system == system,
-            fb.c.reason_code.in_(list(codes)),
-        )
+#: the snooze overrides of one patient's warning cards about some drugs, from evaluations
+#: since a time: rule id, drug, reason code, the override's outcome and arrival times. Built
+#: once with bound parameters, so a lookup only binds them (building it costs more than
+#: running it)
+OVERRIDES = (
+    select(cr.c.rule_id, c.c.drug, fb.c.reason_code, fb.c.outcome_time, fb.c.received_at)
+    .select_from(
+        e.join(c, c.c.evaluation_id == e.c.id)
+        .join(cr, and_(cr.c.card_uuid == c.c.card_uuid, cr.c.position == 0))
+        .join(fb, fb.c.card_uuid == c.c.card_uuid)
     )
+    .where(
+        e.c.patient_key == bindparam("patient_key"),
+        e.c.recorded_at >= bindparam("since", type_=schema.UTCDateTime),
+        c.c.indicator == "warning",
+        c.c.drug.in_(bindparam("drugs", expanding=True)),
+        fb.c.outcome == "overridden",
+        fb.c.reason_system == bindparam("system"),
+        fb.c.reason_code.in_(bindparam("codes", expanding=True)),
+    )
+)
 
 
 class SnoozeIndex:
@@ -102,8 +101,14 @@ class SnoozeIndex:
         if time.monotonic() < self._resting_until:
             self._observe("resting")
             raise SnoozeUnavailable("snooze lookups rest after a failure")
-        query = overrides_query(self._pseudonym(patient_id), drugs, system, codes, since)
-        future = self._process_pool().submit(self._read, query)
+        params = {
+            "patient_key": self._pseudonym(patient_id),
+            "drugs": list(drugs),
+            "system": system,
+            "codes": list(codes),
+            "since": since,
+        }
+        future = self._process_pool().submit(self._read, params)
         try:
             found = future.result(timeout=self._within)
         except Exception as exc:  # late, refused, not migrated yet: no snooze this time
@@ -114,9 +119,9 @@ class SnoozeIndex:
         self._observe("ok")
         return found
 
-    def _read(self, query) -> list[SnoozeOverride]:
-        with self.store.reading() as conn:
-            rows = conn.execute(query).all()
+    def _read(self, params: dict[str, object]) -> list[SnoozeOverride]:
+        with self.store.engine.connect() as conn:  # one statement: consistent on its own
+            rows = conn.execute(OVERRIDES, params).all()
         # when the clinician overrode: the time the EHR sent, but never later than its
         # arrival, so a client clock running ahead cannot lengthen a snooze
         return [
