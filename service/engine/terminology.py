@@ -1,30 +1,55 @@
-"""Value sets as data, and the one matcher every rule uses.
+"""The one matcher every rule uses: FHIR ValueSets first, text where codes do not reach.
 
-The value sets live in ``service/engine/data/valuesets.yaml`` (reviewed by clinical governance).
-Matching a FHIR CodeableConcept against them follows one rule set:
+Concepts (the names rules ask about) are defined in ``service/engine/data/valuesets.yaml``:
+each draws its codes from one or more FHIR ValueSets (:mod:`service.engine.valuesets`,
+shipped or a site's), optionally narrowed by a display pattern (a subset of a published set,
+so every code still comes from it), plus the few codes no source covered (the gaps
+``SOURCES.md`` names), plus the text patterns of the concept. The names the rules used before
+the ValueSets map to them in the YAML's ``aliases`` (one place).
 
-* a *verified* code matches on its own (ICD-10-CM by prefix with dots ignored, others exactly);
-* an *unverified* code matches only when the concept's text or a coding display also matches
-  one of the value set's text patterns;
-* a text pattern alone matches only where the value set says ``text_alone``;
-* ``exclude`` prefixes veto a match (e.g. abortive outcomes O00–O08 in the O chapter).
+Matching a CodeableConcept against a concept (ketamine-rules.md §3a):
 
-Drug classes match by ingredient name (whole word) in the text and coding displays, since real
-records carry RxNorm product codes that cannot be enumerated but whose names are stable.
+* a code in the concept's set counts on the code alone (ICD-10-CM compared after normalising
+  case and dots, the sets list headers and leaves; NDC at product level, labeler-product,
+  as §2 recognises Spravato by 50458-028; other systems exactly);
+* a code the set flags ``secondary-source`` / ``display-not-retrieved`` counts only with a
+  matching text or display (``code+text``);
+* **text counts where codes do not**: an entry none of whose codes is in the set — text only,
+  a local code, a SNOMED CT or RxNorm concept the published sets left out — is matched on its
+  text and displays with the concept's patterns. Except for systems the YAML's
+  ``code_decides`` names (ICD-10-CM: the sets enumerate the whole release range), where an
+  entry coded in that system is judged by its code: a deliberate exclusion (F17 nicotine)
+  stays excluded;
+* text matching is whole-word (the patterns carry ``\\b``) and negation-aware: a match with
+  "no", "not", "without", "denies", "negative for", "rule(d) out", "family history of", …
+  shortly before it in the same clause, or "ruled out"/"excluded"/"negative" right after it,
+  does not count.
+
+The result is typed (:class:`ConceptMatch`): matched on code, code+text or text, with the
+record's coding, the set's display and the words that matched, so a card can say
+"matched on text: 'h/o AVM'".
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from . import valuesets as vs_module
+from .valuesets import ValueSet, ValueSetError
+
 DATA = resources.files("service.engine") / "data"
+
+__all__ = ["ValueSetError"]  # re-exported: the error a bad site folder raises
 
 
 def load_yaml(name: str) -> Any:
@@ -43,11 +68,45 @@ class CodeRef:
         return f"{self.system} {self.code}" + (f" “{self.display}”" if self.display else "")
 
 
+class MatchedOn(StrEnum):
+    CODE = "code"  # a code of the set, on its own
+    CODE_AND_TEXT = "code+text"  # a flagged code of the set, confirmed by text
+    TEXT = "text"  # no code of the set: the text or a display matched the patterns
+
+
+@dataclass(frozen=True, slots=True)
+class ConceptMatch:
+    """Why a CodeableConcept belongs to a concept."""
+
+    valueset: str  # the concept's name (as the rule asked)
+    coding: CodeRef | None  # the record's coding that is in the set; None on text
+    how: MatchedOn
+    text: str = ""  # on text: the record's words the pattern matched
+    display: str = ""  # on code: the set's display of the code
+    source: str = ""  # on code: the ValueSet key (or "local" for a gap code)
+
+    @property
+    def on_text(self) -> bool:
+        return self.how is MatchedOn.TEXT
+
+    def describe(self) -> str:
+        """How a card says it: "matched on text: 'h/o AVM'", or the code and its set."""
+        if self.on_text:
+            return f"matched on text: ‘{self.text}’ (no code in the shipped value set: verify)"
+        assert self.coding is not None
+        how = " with matching text" if self.how is MatchedOn.CODE_AND_TEXT else ""
+        return f"{self.coding.label()} in value set {self.source}{how}"
+
+
 @dataclass(frozen=True, slots=True)
 class Ingredient:
+    """A drug of a class found in a medication concept."""
+
     name: str
     drug_class: str
     group: str
+    how: MatchedOn = MatchedOn.TEXT
+    coding: CodeRef | None = field(default=None, compare=False)
 
 
 def listed(value: Any) -> list[Any]:
@@ -65,10 +124,6 @@ def obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def normalise(system: str, code: str) -> str:
-    return code.replace(".", "").upper() if system == "icd10cm" else code.strip()
-
-
 def concept_text(concept: Any) -> str:
     """All human text of a CodeableConcept: its text and the displays of its codings."""
     if not isinstance(concept, dict):
@@ -78,67 +133,251 @@ def concept_text(concept: Any) -> str:
     return " | ".join(p for p in parts if isinstance(p, str))
 
 
+# -- code normalisation ---------------------------------------------------------------------
+
+
+def normalise(system: str, code: str) -> str:
+    """A code as compared: ICD-10-CM/PCS upper case without dots, ATC upper case, NDC as its
+    product (see :func:`ndc_product`), others stripped."""
+    code = code.strip()
+    if system in ("icd10cm", "icd10pcs"):
+        return code.replace(".", "").upper()
+    if system == "atc":
+        return code.upper()
+    if system == "ndc":
+        return ndc_product(code) or code
+    return code
+
+
+def ndc_product(code: str) -> str | None:
+    """The labeler-product part of an NDC in the 11-digit 5-4 form ("50458-0028"), from a
+    hyphenated package or product code (4-4-2, 5-3-2, 5-4-1, 4-4, 5-3, 5-4) or 11 digits;
+    None when the code cannot be read unambiguously (10 digits without hyphens)."""
+    parts = code.strip().split("-")
+    if len(parts) == 1:
+        return f"{code[:5]}-{code[5:9]}" if len(code) == 11 and code.isdigit() else None
+    if not all(p.isdigit() for p in parts) or len(parts) > 3:
+        return None
+    labeler, product = parts[0], parts[1]
+    if len(labeler) > 5 or len(product) > 4:
+        return None
+    return f"{labeler.zfill(5)}-{product.zfill(4)}"
+
+
+# -- negation-aware text matching -----------------------------------------------------------
+
+_CLAUSE_END = re.compile(r"[,;.|()\[\]\n:]")
+_NEGATED_BEFORE = re.compile(
+    r"\b(?:no|not|without|denies|denied|deny|negative(?: for)?|never|free of|absence of|"
+    r"rule out|ruled out|r/o|family history(?: of)?|fh of|fhx)\b",
+    re.I,
+)
+_NEGATED_AFTER = re.compile(r"^\W{0,3}(?:ruled out|excluded|negative|denied)\b", re.I)
+_WINDOW_WORDS = 6
+
+
+def affirmed(text: str, start: int, end: int) -> bool:
+    """The match text[start:end] is not negated in its clause (a NegEx-like window: up to
+    six words before it, or a negation right after it)."""
+    before = _CLAUSE_END.split(text[max(0, start - 80) : start])[-1]
+    window = " ".join(before.split()[-_WINDOW_WORDS:])
+    if _NEGATED_BEFORE.search(window):
+        return False
+    after = _CLAUSE_END.split(text[end : end + 30])[0]
+    return not _NEGATED_AFTER.search(after)
+
+
+def find_affirmed(pattern: re.Pattern[str], text: str) -> str | None:
+    """The first affirmed match of ``pattern`` in ``text`` (the words), or None."""
+    for m in pattern.finditer(text):
+        if affirmed(text, m.start(), m.end()):
+            return m.group(0)
+    return None
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    patterns = list(patterns)
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.I) if patterns else None
+
+
+# -- concepts ---------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class ConceptMatch:
-    valueset: str
-    coding: CodeRef | None  # None when matched on text alone
-    how: str  # "code", "code+text" or "text"
+class _Entry:
+    concept: str
+    needs_text: bool
+    display: str
+    source: str
+    prefix: bool = False
+
+
+@dataclass
+class Concept:
+    """A name rules ask about: codes from value sets (and gap codes), and text patterns."""
+
+    name: str
+    title: str
+    valuesets: tuple[str, ...]
+    patterns: list[str]  # text patterns, compiled into ``text`` with the ingredient names
+    ingredients: dict[str, str]  # lower-case name or synonym → (canonical name) for drugs
+    groups: dict[str, str]  # canonical ingredient name → group
+    code_systems: set[str] = field(default_factory=set)  # short names of its codes' systems
+    text: re.Pattern[str] | None = None
+    ingredient_re: re.Pattern[str] | None = None
 
 
 class Terminology:
-    """All value sets, indexed for fast classification of concepts."""
+    """All concepts, indexed once for O(1) code lookups; classification results are cached."""
 
     def __init__(
         self,
-        data: dict[str, Any],
-        extra_codes: dict[str, list[dict]] | None = None,
-        extra_drugs: dict[str, list[str]] | None = None,
+        data: Mapping[str, Any],
+        valuesets: Mapping[str, ValueSet],
+        extra_codes: Mapping[str, list[dict]] | None = None,
+        extra_drugs: Mapping[str, list[str]] | None = None,
     ):
         self.version: str = str(data["version"])
         self.systems: dict[str, str] = dict(data["systems"])
         self.short: dict[str, str] = {uri: name for name, uri in self.systems.items()}
-        self.valuesets: dict[str, dict[str, Any]] = data["valuesets"]
-        self.drug_classes: dict[str, dict[str, Any]] = data["drug_classes"]
+        self.code_decides: frozenset[str] = frozenset(data.get("code_decides") or ())
+        self.valuesets: dict[str, ValueSet] = dict(valuesets)
         self.loinc: dict[str, dict[str, Any]] = data["loinc"]
-        # (system, normalised code) → [(valueset, verified)]
-        self._exact: dict[tuple[str, str], list[tuple[str, bool]]] = defaultdict(list)
-        self._prefix: dict[tuple[str, str], list[tuple[str, bool]]] = defaultdict(list)
-        self._exclude: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        self._text: dict[str, re.Pattern[str]] = {}
-        for name, vs in self.valuesets.items():
-            codes = list(vs.get("codes") or ())
-            codes += [dict(c, verified=True) for c in (extra_codes or {}).get(name, ())]
-            for c in codes:
-                key = (c["system"], normalise(c["system"], str(c["code"])))
-                index = self._prefix if c.get("match") == "prefix" else self._exact
-                index[key].append((name, bool(c.get("verified"))))
-            for c in vs.get("exclude") or ():
-                self._exclude[name].append((c["system"], normalise(c["system"], str(c["code"]))))
-            if vs.get("text"):
-                self._text[name] = re.compile("|".join(f"(?:{p})" for p in vs["text"]), re.I)
-        self._ingredients: dict[str, list[Ingredient]] = defaultdict(list)
-        for cls, spec in self.drug_classes.items():
-            for ing in spec["ingredients"]:
-                names = [ing["name"], *(ing.get("synonyms") or ())]
-                for n in names:
-                    self._ingredients[n.lower()].append(Ingredient(ing["name"], cls, ing["group"]))
-        for cls, names in (extra_drugs or {}).items():
-            for n in names:
-                self._ingredients[n.lower()].append(Ingredient(n, cls, "local"))
-        alternation = "|".join(
-            sorted((re.escape(n) for n in self._ingredients), key=len, reverse=True)
-        )
-        self._ingredient_re = re.compile(rf"\b(?:{alternation})\b", re.I)
-        self._cache: dict[Any, tuple[ConceptMatch, ...]] = {}
-        self._ingredient_cache: dict[str, tuple[Ingredient, ...]] = {}
-        self._loinc_index = {
-            code: name for name, spec in self.loinc.items() for code in spec["codes"]
+        self.aliases: dict[str, tuple[str, ...]] = {
+            name: tuple(target if isinstance(target, list) else [target])
+            for name, target in (data.get("aliases") or {}).items()
         }
+        self.concepts: dict[str, Concept] = {}
+        # (system short name, normalised code) → entries; prefix entries by system
+        self._exact: dict[tuple[str, str], list[_Entry]] = defaultdict(list)
+        self._prefix: dict[str, list[tuple[str, _Entry]]] = defaultdict(list)
+        for name, spec in (data.get("concepts") or {}).items():
+            self._add_concept(name, spec or {})
+        for key in self.valuesets.keys() - self.concepts.keys():
+            self._add_concept(key, {})  # a set no concept names (a site's new one): by code
+        # a site policy's extra codes and drug names; names no concept knows have no effect
+        # (``ketamine-cds policy check`` warns about them)
+        for name, codes in (extra_codes or {}).items():
+            for c in codes if name in self.aliases or name in self.concepts else ():
+                target = self._targets(name)[0]
+                prefix = c.get("match") == "prefix"
+                self._index(target, c["system"], str(c["code"]), False, "", "site", prefix)
+        for name, drugs in (extra_drugs or {}).items():
+            for target in (
+                self._targets(name) if name in self.aliases or name in self.concepts else ()
+            ):
+                concept = self.concepts[target]
+                for drug in drugs:
+                    concept.ingredients[drug.lower()] = drug
+                    concept.groups.setdefault(drug, "local")
+        for concept in self.concepts.values():
+            names = [rf"\b{re.escape(n)}\b" for n in concept.ingredients]  # names are text too
+            concept.text = _compile([*concept.patterns, *names])
+            if concept.ingredients:
+                concept.ingredient_re = _names_pattern(concept.ingredients)
+        unknown = {t for targets in self.aliases.values() for t in targets} - set(self.concepts)
+        if unknown:
+            raise ValueSetError(f"valuesets.yaml: aliases name unknown concepts {sorted(unknown)}")
+        self._cache: dict[Any, tuple[ConceptMatch, ...]] = {}
+        self._ingredient_cache: dict[Any, tuple[Ingredient, ...]] = {}
+
+    # -- building -----------------------------------------------------------------------
+
+    def _add_concept(self, name: str, spec: Mapping[str, Any]) -> None:
+        sets = tuple(spec.get("valuesets") or ((name,) if name in self.valuesets else ()))
+        missing = [s for s in sets if s not in self.valuesets]
+        if missing:
+            raise ValueSetError(f"concept {name!r} names value sets that are not loaded: {missing}")
+        ingredients: dict[str, str] = {}
+        groups: dict[str, str] = {}
+        for ing in spec.get("ingredients") or ():
+            for n in (ing["name"], *(ing.get("synonyms") or ())):
+                ingredients[n.lower()] = ing["name"]
+            groups[ing["name"]] = ing.get("group", name)
+        concept = Concept(
+            name,
+            str(spec.get("title") or (self.valuesets[sets[0]].title if sets else name)),
+            sets,
+            list(spec.get("text") or ()),
+            ingredients,
+            groups,
+        )
+        self.concepts[name] = concept
+        keep = _compile([spec["display"]]) if spec.get("display") else None
+        drop = _compile([spec["display_not"]]) if spec.get("display_not") else None
+        for key in sets:
+            for m in self.valuesets[key].members:
+                system = self.short.get(m.system)
+                if system is None:
+                    continue
+                if keep is not None and not keep.search(m.display):
+                    continue
+                if drop is not None and drop.search(m.display):
+                    continue
+                self._index(name, system, m.code, m.needs_text, m.display, key)
+        for c in spec.get("codes") or ():
+            self._index(
+                name,
+                c["system"],
+                str(c["code"]),
+                bool(c.get("needs_text")),
+                str(c.get("display") or ""),
+                "local",
+                prefix=c.get("match") == "prefix",
+            )
+
+    def _index(
+        self,
+        concept: str,
+        system: str,
+        code: str,
+        needs_text: bool,
+        display: str,
+        source: str,
+        prefix: bool = False,
+    ) -> None:
+        entry = _Entry(concept, needs_text, display, source, prefix)
+        self.concepts[concept].code_systems.add(system)
+        if prefix:
+            self._prefix[system].append((normalise(system, code), entry))
+        else:
+            self._exact[(system, normalise(system, code))].append(entry)
+
+    def _targets(self, name: str) -> tuple[str, ...]:
+        if name in self.aliases:
+            return self.aliases[name]
+        if name in self.concepts:
+            return (name,)
+        raise ValueSetError(f"unknown value set or concept {name!r}")
+
+    # -- what is known ------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Every name a rule or a site policy may use: concepts and aliases."""
+        return sorted({*self.concepts, *self.aliases})
+
+    def drug_classes(self) -> list[str]:
+        """The names a site's ``extra_drugs`` may extend: drug concepts and their aliases."""
+        drugs = {name for name, c in self.concepts.items() if c.ingredients}
+        drugs |= {a for a, targets in self.aliases.items() if set(targets) & drugs}
+        return sorted(drugs)
+
+    def codes(self, name: str, system: str | None = None) -> frozenset[str]:
+        """The codes (as written in the sets) of a concept or alias, optionally of one system
+        (a short name such as ``loinc`` or a system URI)."""
+        uri = self.systems.get(system, system) if system else None
+        out: set[str] = set()
+        for target in self._targets(name):
+            for key in self.concepts[target].valuesets:
+                out.update(
+                    m.code for m in self.valuesets[key].members if uri is None or m.system == uri
+                )
+        return frozenset(out)
 
     # -- concepts -------------------------------------------------------------------------
 
     def classify(self, concept: Any) -> tuple[ConceptMatch, ...]:
-        """Every value set the concept belongs to, with the coding that put it there."""
+        """Every concept (and alias) the CodeableConcept belongs to, with why."""
         if not isinstance(concept, dict):
             return ()
         codings = tuple(
@@ -156,34 +395,51 @@ class Terminology:
             return hit
         text = concept_text(concept)
         found: dict[str, ConceptMatch] = {}
-        vetoed: set[str] = set()
+        coded_in: set[str] = set()  # code_decides systems the entry is coded in
         for system_uri, code, display in codings:
             system = self.short.get(system_uri or "")
             if system is None or not code:
                 continue
-            norm = normalise(system, code)
+            if system in self.code_decides:
+                coded_in.add(system)
             ref = CodeRef(system, code, display)
-            candidates = list(self._exact.get((system, norm), ()))
-            for i in range(1, len(norm) + 1):
-                candidates.extend(self._prefix.get((system, norm[:i]), ()))
-            for name, verified in candidates:
-                if any(s == system and norm.startswith(p) for s, p in self._exclude.get(name, ())):
-                    vetoed.add(name)
+            for entry in self._entries(system, code):
+                if entry.concept in found:
                     continue
-                if verified:
-                    found.setdefault(name, ConceptMatch(name, ref, "code"))
-                elif name in self._text and self._text[name].search(text):
-                    found.setdefault(name, ConceptMatch(name, ref, "code+text"))
+                if not entry.needs_text:
+                    found[entry.concept] = ConceptMatch(
+                        entry.concept, ref, MatchedOn.CODE, "", entry.display, entry.source
+                    )
+                    continue
+                pattern = self.concepts[entry.concept].text
+                if pattern is not None and find_affirmed(pattern, text):
+                    found[entry.concept] = ConceptMatch(
+                        entry.concept, ref, MatchedOn.CODE_AND_TEXT, "", entry.display, entry.source
+                    )
         if text:
-            for name, pattern in self._text.items():
-                if name in found or name in vetoed:
+            for name, c in self.concepts.items():
+                if name in found or c.text is None or coded_in & c.code_systems:
                     continue
-                if self.valuesets[name].get("text_alone") and pattern.search(text):
-                    found[name] = ConceptMatch(name, None, "text")
+                words = find_affirmed(c.text, text)
+                if words:
+                    found[name] = ConceptMatch(name, None, MatchedOn.TEXT, words)
+        for alias, targets in self.aliases.items():
+            for target in targets:
+                if target in found:
+                    found[alias] = _renamed(found[target], alias)
+                    break
         result = tuple(found.values())
         if len(self._cache) < 50_000:
             self._cache[key] = result
         return result
+
+    def _entries(self, system: str, code: str) -> list[_Entry]:
+        norm = normalise(system, code)
+        out = list(self._exact.get((system, norm), ()))
+        for prefix, entry in self._prefix.get(system, ()):
+            if norm.startswith(prefix):
+                out.append(entry)
+        return out
 
     def member(self, concept: Any, valueset: str) -> ConceptMatch | None:
         for m in self.classify(concept):
@@ -208,33 +464,75 @@ class Terminology:
     # -- drugs ----------------------------------------------------------------------------
 
     def ingredients(self, concept: Any) -> tuple[Ingredient, ...]:
-        """The classified ingredients named in a medication concept."""
-        text = concept_text(concept)
-        if not text:
+        """The drug-class ingredients of a medication concept: by code (the ingredient named
+        in the set's display, else the display itself), then by name in the text."""
+        matches = self.classify(concept)
+        if not matches:
             return ()
-        hit = self._ingredient_cache.get(text)
+        text = concept_text(concept)
+        key = (matches, text)
+        hit = self._ingredient_cache.get(key)
         if hit is not None:
             return hit
         out: list[Ingredient] = []
-        for m in self._ingredient_re.finditer(text):
-            for ing in self._ingredients[m.group(0).lower()]:
-                if ing not in out:
+        by_name = {m.valueset: m for m in matches}
+        for m in matches:
+            for target in self.aliases.get(m.valueset, (m.valueset,)):
+                own, c = by_name.get(target), self.concepts[target]
+                if own is None or not c.ingredients:
+                    continue
+                ing = self._ingredient(c, own, text, m.valueset)
+                if ing is not None and ing not in out:
                     out.append(ing)
+                break
+        result = tuple(out)
         if len(self._ingredient_cache) < 50_000:  # records repeat the same products
-            self._ingredient_cache[text] = tuple(out)
-        return tuple(out)
+            self._ingredient_cache[key] = result
+        return result
+
+    @staticmethod
+    def _ingredient(c: Concept, m: ConceptMatch, text: str, drug_class: str) -> Ingredient | None:
+        source = m.display if not m.on_text else m.text
+        named = c.ingredient_re.search(source) if c.ingredient_re and source else None
+        if named is None and c.ingredient_re is not None:
+            named = c.ingredient_re.search(text)
+        if named is not None:
+            name = c.ingredients[named.group(0).lower()]
+            return Ingredient(name, drug_class, c.groups.get(name, c.name), m.how, m.coding)
+        label = m.display or (m.coding.display if m.coding else None) or m.text
+        if not label:
+            return None
+        return Ingredient(label[:60], drug_class, c.name, m.how, m.coding)
 
     # -- observations ---------------------------------------------------------------------
 
+    @cached_property
+    def _loinc_plain(self) -> frozenset[str]:
+        """LOINC codes a shipped or site set holds without a verification flag."""
+        loinc = self.systems["loinc"]
+        return frozenset(
+            m.code
+            for vs in self.valuesets.values()
+            for m in vs.members
+            if m.system == loinc and not m.needs_text
+        )
+
     def loinc_filters(self) -> dict[str, re.Pattern[str] | None]:
-        """Every listed LOINC code → ``None`` when verified, else the text that confirms it."""
+        """Every listed LOINC code → ``None`` when a value set holds it unflagged (counts on
+        the code), else the list's text that must confirm it (a gap or a flagged code)."""
         out: dict[str, re.Pattern[str] | None] = {}
-        for spec in self.loinc.values():
-            confirm = None
-            if not spec.get("verified"):
-                confirm = re.compile("|".join(f"(?:{p})" for p in spec["text"]), re.I)
+        for name, spec in self.loinc.items():
+            confirm = _compile(spec.get("text") or ())
             for code in spec["codes"]:
-                out[code] = confirm
+                if code in self._loinc_plain:
+                    out[code] = None
+                elif confirm is None:
+                    raise ValueSetError(
+                        f"valuesets.yaml loinc.{name}: {code} is in no value set and the list "
+                        "has no text to confirm it"
+                    )
+                else:
+                    out[code] = confirm
         return out
 
     def loinc_codes(self, name: str) -> tuple[str, ...]:
@@ -243,3 +541,25 @@ class Terminology:
     @cached_property
     def loinc_system(self) -> str:
         return self.systems["loinc"]
+
+
+def _renamed(m: ConceptMatch, name: str) -> ConceptMatch:
+    return ConceptMatch(name, m.coding, m.how, m.text, m.display, m.source)
+
+
+def _names_pattern(names: Mapping[str, str]) -> re.Pattern[str]:
+    alternation = "|".join(sorted((re.escape(n) for n in names), key=len, reverse=True))
+    return re.compile(rf"\b(?:{alternation})\b", re.I)
+
+
+def load_terminology(
+    site_folder: str | Path | None = None,
+    extra_codes: Mapping[str, list[dict]] | None = None,
+    extra_drugs: Mapping[str, list[str]] | None = None,
+) -> Terminology:
+    """The service's terminology: the shipped ValueSets (with a site folder's), the concepts
+    of ``valuesets.yaml``, and a site policy's extra codes and drug names. Raises
+    :class:`ValueSetError` naming the file or setting at fault."""
+    return Terminology(
+        load_yaml("valuesets.yaml"), vs_module.load(site_folder), extra_codes, extra_drugs
+    )
