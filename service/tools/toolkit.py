@@ -24,7 +24,7 @@ from cds_hooks.service import ServiceCatalog, ServiceDefinition, handle
 from cds_hooks.source import FhirSource, MockFhirSource, Read
 from cds_hooks.validation import InputLimits
 from service.engine import policy
-from service.engine.terminology import load_yaml
+from service.engine.terminology import load_terminology, load_yaml
 
 from . import convert
 from .fixtures import compare, load
@@ -217,11 +217,11 @@ def policy_file_problems(path: str | Path) -> tuple[list[str], list[str]]:
 def _no_effect(site: Mapping[str, Any]) -> list[str]:
     from service.engine.rules import RULES
 
-    valuesets = load_yaml("valuesets.yaml")
+    terms = load_terminology()
     known = {
         "rules": (set(RULES), "rule"),
-        "extra_codes": (set(valuesets["valuesets"]), "value set"),
-        "extra_drugs": (set(valuesets["drug_classes"]), "drug class"),
+        "extra_codes": (set(terms.names()), "value set"),
+        "extra_drugs": (set(terms.drug_classes()), "drug class"),
     }
     out = []
     for key, (names, what) in known.items():

@@ -20,7 +20,7 @@ from service.engine import policy
 from service.engine.hooks import Clock, KetamineCDS, Recorder
 from service.engine.rulebook import catalogue
 from service.engine.rules import RULES
-from service.engine.terminology import Terminology, load_yaml
+from service.engine.terminology import ValueSetError, load_terminology
 from service.registry import Registry
 from service.tools.convert import ketamine_order, to_hook_request
 
@@ -38,7 +38,10 @@ def build_engine(
 ) -> KetamineCDS:
     """The ketamine service without HTTP: policy and value sets loaded and validated."""
     site = policy.load(settings.policy_file)
-    terminology = Terminology(load_yaml("valuesets.yaml"), site.extra_codes, site.extra_drugs)
+    try:
+        terminology = load_terminology(settings.valuesets_dir, site.extra_codes, site.extra_drugs)
+    except ValueSetError as e:  # a bad KCDS_VALUESETS_DIR or site ValueSet file
+        raise ConfigError(str(e)) from None
     return KetamineCDS(terminology, site, clock=clock, recorder=recorder)
 
 
