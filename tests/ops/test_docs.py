@@ -132,3 +132,13 @@ def test_paths_and_tests_named_exist(doc):
             assert re.search(rf"^(def|class) {name}\b", (ROOT / path).read_text(), re.M), (
                 f"{doc.name} names {path}::{name}, which is not defined there"
             )
+
+
+def test_every_source_a_rule_cites_is_in_the_source_list():
+    """CONTRIBUTING's 'cite its sources': the ids a rule cites are the ones its page shows."""
+    from service.engine.cards import sources
+    from service.engine.rules import RULES
+
+    for rule in RULES.values():
+        for source_id in re.findall(r"\bS\d+\b", rule.source):
+            assert source_id in sources(), f"{rule.id} cites {source_id}: not in sources.yaml"
