@@ -268,7 +268,8 @@ class Settings:
         "KCDS_TRUSTED_ISSUERS",
         (),
         Reader("JSON object", _issuers),
-        'issuer → `{"jwks_url" or "jwks_file", "tenants": [...], "jku": [...]}`; '
+        'issuer → JWK Set URL or file, or `{"jwks_url", "jwks_file" or "jwks", "tenants": '
+        '[...], "jku": [...]}` (see [security](docs/security.md#callers-are-authenticated)); '
         "required with `KCDS_AUTH=jwt`",
     )
     jwt_clock_skew: float = _var(
