@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cds_hooks.errors import bad_request
@@ -31,12 +31,12 @@ class KetamineCDS:
         self,
         terminology: Terminology,
         policy: Policy,
-        clock: Clock | None = None,
+        clock: Clock,
         recorder: Recorder | None = None,
     ):
         self.terminology = terminology
         self.policy = policy
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock  # injected: the engine never reads the time itself
         self.recorder = recorder
         self.builder = RecordBuilder(terminology, policy.rating_scale_loinc)
         self.prefetch = templates(sorted(self.builder.observation_codes))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, redirect, render_template, url_for
@@ -20,7 +21,7 @@ from service.engine import policy
 from service.engine.hooks import Clock, KetamineCDS, Recorder
 from service.engine.rulebook import catalogue
 from service.engine.rules import RULES
-from service.engine.terminology import ValueSetError, load_terminology
+from service.engine.terminology import Terminology, load_yaml
 from service.registry import Registry
 from service.tools.convert import ketamine_order, to_hook_request
 
@@ -33,22 +34,25 @@ from .preview import preview_blueprint, preview_enabled
 log = logging.getLogger("service.web.app")
 
 
+def utc_now() -> datetime:
+    """The service's clock: the engine never reads one, this layer hands it in."""
+    return datetime.now(UTC)
+
+
 def build_engine(
     settings: Settings, clock: Clock | None = None, recorder: Recorder | None = None
 ) -> KetamineCDS:
-    """The ketamine service without HTTP: policy and value sets loaded and validated."""
+    """The ketamine service without HTTP: policy and value sets loaded and validated; its
+    clock ``clock``, else the system's (:func:`utc_now`)."""
     site = policy.load(settings.policy_file)
-    try:
-        terminology = load_terminology(settings.valuesets_dir, site.extra_codes, site.extra_drugs)
-    except ValueSetError as e:  # a bad KCDS_VALUESETS_DIR or site ValueSet file
-        raise ConfigError(str(e)) from None
-    return KetamineCDS(terminology, site, clock=clock, recorder=recorder)
+    terminology = Terminology(load_yaml("valuesets.yaml"), site.extra_codes, site.extra_drugs)
+    return KetamineCDS(terminology, site, clock or utc_now, recorder)
 
 
 def warm_up(engine: KetamineCDS) -> None:
     """Evaluate one synthetic order at start-up, before gunicorn forks the workers: the JSON
     schemas compile and the fhir.resources models load once, not in a caller's request."""
-    quiet = KetamineCDS(engine.terminology, engine.policy)  # records nothing
+    quiet = KetamineCDS(engine.terminology, engine.policy, engine.clock)  # records nothing
     patient = {"resourceType": "Patient", "id": "warm-up", "birthDate": "1980-01-01"}
     body = to_hook_request(
         [patient], hook="order-sign", orders=[ketamine_order(40, "iv", 40)], instance="warm-up"
@@ -81,6 +85,7 @@ def authenticator(settings: Settings) -> JwtAuthenticator:
 
 
 def create_app(settings: Settings | None = None, clock: Clock | None = None) -> Flask:
+    clock = clock or utc_now
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
     registry = Registry.open(settings, clock)
@@ -128,7 +133,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     app.extensions["ketamine-cds.registry"] = registry
     if preview_enabled(settings):  # the card preview page (KCDS_PREVIEW)
         # the same rules and policy, but previews are not treatments: nothing is recorded
-        unrecorded = KetamineCDS(engine.terminology, engine.policy, clock=clock)
+        unrecorded = KetamineCDS(engine.terminology, engine.policy, clock)
         codes = sorted(engine.builder.observation_codes)
         app.register_blueprint(
             preview_blueprint(ServiceCatalog(unrecorded.services()), settings, codes)
