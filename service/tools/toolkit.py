@@ -1,5 +1,5 @@
 """What the integration engineers' tools share: the ``ketamine-cds`` evaluate, request,
-fixtures and policy commands (``service.tools.cli_tools``) and the card preview page
+fixtures and policy commands (``service.tools.cli``) and the card preview page
 (``service.web.preview``).
 
 Every evaluation goes through :func:`cds_hooks.service.handle` with a service catalogue, as

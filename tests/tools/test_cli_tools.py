@@ -1,4 +1,4 @@
-"""The integration engineers' commands (service.tools.cli_tools) through click's CliRunner."""
+"""The integration engineers' commands (service.tools.cli) through click's CliRunner."""
 
 from __future__ import annotations
 
