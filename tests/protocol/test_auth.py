@@ -8,7 +8,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 from pathlib import Path
 
 import jwt
@@ -41,6 +40,7 @@ from tests.auth_helpers import (
     es384,
     rs384,
 )
+from tests.clients.sandbox import SANDBOX, SANDBOX_JKU, SANDBOX_KID, sandbox_token
 from tests.conftest import CONFORMANCE
 
 SIGN = "/cds-services/ketamine-order-sign"
@@ -424,9 +424,6 @@ def test_sandbox_published_key_is_usable_and_not_forgeable(jwks):
 
 # -- the Sandbox's token, offline -----------------------------------------------------------
 
-SANDBOX = "https://sandbox.cds-hooks.org"
-SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
-SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
 SANDBOX_PRESET = Path(cds_hooks.__file__).parent / "presets" / "cds-hooks-sandbox.jwks.json"
 
 
@@ -435,15 +432,6 @@ def _no_network(location: str):
     if "://" in location:
         raise AssertionError(f"fetched {location} over the network")
     return load_jwks(location)
-
-
-def sandbox_token(key: SigningKey, aud: str, jku: str = SANDBOX_JKU) -> str:
-    """A token shaped exactly as the CDS Hooks Sandbox signs it: header {alg, typ, kid, jku},
-    claims {iss, aud, exp = iat + 300, iat, jti}, no tenant, no sub."""
-    iat = int(time.time())
-    claims = {"iss": SANDBOX, "aud": aud, "exp": iat + 300, "iat": iat, "jti": str(uuid.uuid4())}
-    header = {"alg": "ES384", "typ": "JWT", "kid": key.kid, "jku": jku}
-    return jwt.encode(claims, key.private, algorithm="ES384", headers=header)
 
 
 @pytest.fixture
