@@ -17,11 +17,12 @@ from .prefetch import templates
 from .record import RecordBuilder, ketamine_kind
 from .rules import Evaluation, Finding, evaluate
 from .rules.dosing import mg_per_kg
+from .summary import CardSummary, EvaluationSummary, FindingSummary, OrderSummary
 from .terminology import Terminology
 
 Clock = Callable[[], datetime]
 #: (the hook request, the evaluation summary) → None; the registry plugs in here
-Recorder = Callable[[HookRequest, dict[str, Any]], None]
+Recorder = Callable[[HookRequest, EvaluationSummary], None]
 
 
 class KetamineCDS:
@@ -126,17 +127,8 @@ class KetamineCDS:
         for order in orders:
             ev = Evaluation(record, order, self.policy, self.terminology, now, req.hook)
             findings.extend(evaluate(ev))
-            summaries.append(
-                {
-                    "drug": order.drug,
-                    "route": order.route,
-                    "dose_mg": order.dose_mg,
-                    "dose_mg_per_kg": mg_per_kg(ev),
-                }
-            )
-        return self._respond(
-            req, findings, {o.ref: o.resource for o in orders}, {"orders": summaries}
-        )
+            summaries.append(OrderSummary(order.drug, order.route, order.dose_mg, mg_per_kg(ev)))
+        return self._respond(req, findings, {o.ref: o.resource for o in orders}, summaries)
 
     def patient_view(self, req: HookRequest) -> Response:
         record = self._record(req)
@@ -147,25 +139,27 @@ class KetamineCDS:
         if not on_course:
             return Response()
         ev = Evaluation(record, None, self.policy, self.terminology, now, req.hook)
-        return self._respond(req, evaluate(ev), {}, {"orders": []})
+        return self._respond(req, evaluate(ev), {}, [])
 
     def _respond(
         self,
         req: HookRequest,
         findings: list[Finding],
         orders: dict[str, dict[str, Any]],
-        summary: dict[str, Any],
+        order_summaries: list[OrderSummary],
     ) -> Response:
         ctx = RenderContext(req.context["patientId"], req.base_url, self.policy.version)
         cards = render(findings, orders, ctx)
         req.log_fields["rules"] = sorted({f.rule_id for f in findings})
         req.log_fields["policy"] = self.policy.version
         if self.recorder is not None:
-            summary.update(
-                findings=[(f.rule_id, f.severity) for f in findings],
-                cards=[c.uuid for c in cards],
-                card_rules={c.uuid: c.extension["ketamine-cds.rules"] for c in cards},
-                policy=self.policy.version,
+            summary = EvaluationSummary(
+                policy_version=self.policy.version,
+                orders=tuple(order_summaries),
+                findings=tuple(FindingSummary(f.rule_id, f.severity) for f in findings),
+                cards=tuple(
+                    CardSummary(c.uuid, tuple(c.extension["ketamine-cds.rules"])) for c in cards
+                ),
             )
             self.recorder(req, summary)
         return Response(tuple(cards))

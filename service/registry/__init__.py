@@ -37,6 +37,7 @@ from cds_hooks.errors import CDSHooksError, bad_request
 from cds_hooks.service import HookRequest
 from service import __version__
 from service.config import ConfigError, Settings
+from service.engine.summary import EvaluationSummary
 
 from . import schema
 from .store import Store, Unavailable, open_store
@@ -111,7 +112,7 @@ class Registry:
 
     # -- evaluations ----------------------------------------------------------------------
 
-    def record(self, req: HookRequest, summary: dict[str, Any]) -> None:
+    def record(self, req: HookRequest, summary: EvaluationSummary) -> None:
         """The recorder ``KetamineCDS`` calls once per evaluation; only queues the rows."""
         eid = uuid.uuid4().hex
         rows: Rows = {
@@ -123,7 +124,7 @@ class Registry:
                     "hook": req.hook,
                     "hook_instance": req.hook_instance,
                     "patient_key": self.pseudonym(req.context["patientId"]),
-                    "policy_version": summary["policy"],
+                    "policy_version": summary.policy_version,
                     "service_version": __version__,
                 }
             ],
@@ -131,25 +132,25 @@ class Registry:
                 {
                     "evaluation_id": eid,
                     "position": i,
-                    "drug": o["drug"],
-                    "route": o["route"],
-                    "dose_mg": o["dose_mg"],
-                    "dose_mg_per_kg": o["dose_mg_per_kg"],
+                    "drug": o.drug,
+                    "route": o.route,
+                    "dose_mg": o.dose_mg,
+                    "dose_mg_per_kg": o.dose_mg_per_kg,
                 }
-                for i, o in enumerate(summary["orders"])
+                for i, o in enumerate(summary.orders)
             ],
             schema.finding: [
-                {"evaluation_id": eid, "position": i, "rule_id": rule_id, "severity": severity}
-                for i, (rule_id, severity) in enumerate(summary["findings"])
+                {"evaluation_id": eid, "position": i, "rule_id": f.rule_id, "severity": f.severity}
+                for i, f in enumerate(summary.findings)
             ],
             schema.card: [
-                {"card_uuid": card, "evaluation_id": eid, "position": i}
-                for i, card in enumerate(summary["cards"])
+                {"card_uuid": card.uuid, "evaluation_id": eid, "position": i}
+                for i, card in enumerate(summary.cards)
             ],
             schema.card_rule: [
-                {"card_uuid": card, "position": i, "rule_id": rule_id}
-                for card in summary["cards"]
-                for i, rule_id in enumerate(summary["card_rules"][card])
+                {"card_uuid": card.uuid, "position": i, "rule_id": rule_id}
+                for card in summary.cards
+                for i, rule_id in enumerate(card.rules)
             ],
         }
         writer = self._process_writer()

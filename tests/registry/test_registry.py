@@ -23,6 +23,7 @@ from sqlalchemy import func, inspect, select, text
 from cds_hooks.service import HookRequest
 from service import __version__
 from service.config import ConfigError, Settings
+from service.engine.summary import CardSummary, EvaluationSummary, FindingSummary, OrderSummary
 from service.registry import Registry, governance, schema, store
 from service.registry.schema import RegistryError
 from service.registry.store import Unavailable, open_store
@@ -265,15 +266,14 @@ def request_for(service_id: str, hook: str, patient: str) -> HookRequest:
 
 def record(registry: Registry, orders, findings, card_rules) -> list[str]:
     cards = [str(uuid.uuid4()) for _ in card_rules]
-    summary = {
-        "orders": [
-            {"drug": d, "route": r, "dose_mg": 40.0, "dose_mg_per_kg": None} for d, r in orders
-        ],
-        "findings": findings,
-        "cards": cards,
-        "card_rules": dict(zip(cards, card_rules, strict=True)),
-        "policy": "test-1",
-    }
+    summary = EvaluationSummary(
+        policy_version="test-1",
+        orders=tuple(OrderSummary(d, r, 40.0, None) for d, r in orders),
+        findings=tuple(FindingSummary(*f) for f in findings),
+        cards=tuple(
+            CardSummary(c, tuple(rules)) for c, rules in zip(cards, card_rules, strict=True)
+        ),
+    )
     registry.record(request_for("ketamine-order-sign", "order-sign", "p"), summary)
     return cards
 
