@@ -29,8 +29,10 @@ from service.engine.terminology import load_terminology, load_yaml
 from . import convert
 from .fixtures import compare, load
 
-#: the base URL card links point at when no service is running (the CLI's default)
-OFFLINE_BASE_URL = "http://localhost:8080"
+#: where card links point when no service is running and no public URL is known: a
+#: placeholder (.invalid never resolves, RFC 6761) that a running service replaces with its
+#: public URL (KCDS_PUBLIC_URL, or the URL it is called at)
+OFFLINE_BASE_URL = "https://ketamine-cds.invalid"
 DRUGS = ("ketamine", "esketamine")
 ROUTES = tuple(convert.KETAMINE_ROUTES)
 HOOKS = ("order-sign", "order-select", "patient-view")
@@ -66,11 +68,18 @@ def pick_service(
         except CDSHooksError:
             known = ", ".join(s.id for s in catalog)
             raise ToolError(f"no service {service_id!r} (one of {known})") from None
-    hook = body.get("hook") if isinstance(body, Mapping) else None
+    if not isinstance(body, Mapping) or "hook" not in body:
+        raise ToolError(
+            'this is not a CDS Hooks request: it has no "hook" (a request is '
+            '{"hook", "hookInstance", "context", "prefetch"}; `ketamine-cds request build` '
+            "makes one from a patient's FHIR data)"
+        )
+    hook = body["hook"]
     for service in catalog:
         if service.hook == hook:
             return service
-    raise ToolError(f"no service answers hook {hook!r}; name one with the service choice")
+    hooks = ", ".join(sorted({s.hook for s in catalog}))
+    raise ToolError(f"no service answers hook {hook!r} (this service answers {hooks})")
 
 
 def evaluate(

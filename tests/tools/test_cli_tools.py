@@ -88,7 +88,9 @@ def test_evaluate_shows_cards_as_an_ehr_does():
     assert "[ Remove this draft order ]" in out
     assert "delete MedicationRequest/draft-ketamine-1" in out
     assert "create ServiceRequest" in out and '"resourceType": "ServiceRequest"' in out
-    assert "Rule R09 in the ketamine-cds catalogue → http://localhost:8080/rules/R09" in out
+    assert "Rule R09 in the ketamine-cds catalogue →" in out
+    assert "https://ketamine-cds.invalid/rules/R09" in out
+    assert "Links point at https://ketamine-cds.invalid, a placeholder" in result.stderr
     assert "If overridden" in out and "Benefit outweighs risk" in out
 
 
@@ -102,6 +104,26 @@ def test_evaluate_reads_stdin_and_reports_refusals_with_exit_2():
     assert cards.exit_code == 2 and "refused (400 invalid_request)" in cards.stderr
     assert run("evaluate", "-", input=b"{not json").exit_code == 2
     assert run("evaluate", "-", "--service", "nope", input=raw).exit_code == 2
+
+
+def test_evaluate_links_point_at_the_public_url():
+    path = str(ROOT / "r09-bp-185-fires" / "request.json")
+    for args, env in (
+        (["--base-url", "https://cds.hospital.example/"], {}),
+        ([], {"KCDS_PUBLIC_URL": "https://cds.hospital.example"}),
+    ):
+        result = run("evaluate", "--cards", *args, path, **env)
+        assert "https://cds.hospital.example/rules/R09" in result.output
+        assert "placeholder" not in result.stderr
+
+
+def test_evaluate_says_what_a_request_is_when_given_something_else():
+    result = run("evaluate", "-", input=b"{}")
+    assert result.exit_code == 2
+    assert 'not a CDS Hooks request: it has no "hook"' in result.stderr
+    assert "request build" in result.stderr
+    result = run("evaluate", "-", input=b'{"hook": "encounter-start"}')
+    assert "no service answers hook 'encounter-start' (this service answers" in result.stderr
 
 
 def test_evaluate_without_cards_says_so():

@@ -13,7 +13,7 @@ import click
 
 from .. import toolkit
 from . import render
-from .common import EXIT_INPUT, InputError, catalog, dumps, read_json
+from .common import EXIT_INPUT, ConfigProblem, InputError, catalog, dumps, read_json
 
 
 @click.command()
@@ -34,14 +34,26 @@ from .common import EXIT_INPUT, InputError, catalog, dumps, read_json
 @click.option(
     "--resources", is_flag=True, help="With the cards: every suggested FHIR resource in full."
 )
+@click.option(
+    "--base-url",
+    default=None,
+    metavar="URL",
+    help="Where the cards' links point: the service's public URL (default: KCDS_PUBLIC_URL, "
+    f"else the placeholder {toolkit.OFFLINE_BASE_URL}).",
+)
 def evaluate(
-    request_file: str, service_id: str | None, as_json: bool | None, resources: bool
+    request_file: str,
+    service_id: str | None,
+    as_json: bool | None,
+    resources: bool,
+    base_url: str | None,
 ) -> None:
     """Run one hook request through the service offline and show its answer.
 
     REQUEST.json is a CDS Hooks request (a fixture's dates are moved to today); - reads
     standard input. Keys not prefetched are not fetched: they come back as "could not be
-    checked" cards. Nothing is recorded in the registry.
+    checked" cards. Nothing is recorded in the registry. The cards' links (the rule pages)
+    point at the service's public URL, as a running service's do.
 
     \b
     Examples:
@@ -54,8 +66,16 @@ def evaluate(
         from ..fixtures import dated
 
         body = dated(body)
+    if base_url is None:
+        from service.config import ConfigError, read
+
+        try:
+            base_url = read("public_url") or toolkit.OFFLINE_BASE_URL
+        except ConfigError as exc:
+            raise ConfigProblem(str(exc)) from None
+    base_url = base_url.rstrip("/")
     try:
-        outcome = toolkit.evaluate(catalog(), body, service_id)
+        outcome = toolkit.evaluate(catalog(), body, service_id, base_url=base_url)
     except toolkit.ToolError as exc:
         raise InputError(str(exc)) from None
     if as_json is None:
@@ -70,3 +90,9 @@ def evaluate(
         click.echo(dumps(outcome.response))
     else:
         render.show_outcome(render.stdout(), outcome, resources)
+        if base_url == toolkit.OFFLINE_BASE_URL and outcome.cards:
+            click.echo(
+                f"Links point at {base_url}, a placeholder: a running service puts its public "
+                "URL there (KCDS_PUBLIC_URL; --base-url here).",
+                err=True,
+            )

@@ -88,7 +88,7 @@ def build(
     \b
     Examples:
       ketamine-cds request build --patient ../shared/fhir-r4-samples/Addie_Tremblay_*.json \\
-          --ketamine 35 --minutes 40 > request.json
+          --ketamine 35 --minutes 40 -o request.json
       ketamine-cds request build --patient export/ --patient-id 123 --esketamine 56
     """
     if hook == "patient-view":
