@@ -224,6 +224,7 @@ class Concept:
     groups: dict[str, str]  # canonical ingredient name → group
     code_systems: set[str] = field(default_factory=set)  # short names of its codes' systems
     text: re.Pattern[str] | None = None
+    text_not: re.Pattern[str] | None = None  # text that vetoes a text match (never a code)
     ingredient_re: re.Pattern[str] | None = None
 
 
@@ -301,6 +302,7 @@ class Terminology:
             list(spec.get("text") or ()),
             ingredients,
             groups,
+            text_not=_compile(spec.get("text_not") or ()),
         )
         self.concepts[name] = concept
         keep = _compile([spec["display"]]) if spec.get("display") else None
@@ -419,6 +421,8 @@ class Terminology:
         if text:
             for name, c in self.concepts.items():
                 if name in found or c.text is None or coded_in & c.code_systems:
+                    continue
+                if c.text_not is not None and c.text_not.search(text):
                     continue
                 words = find_affirmed(c.text, text)
                 if words:

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from stdnum import luhn, verhoeff
+
 SHIPPED = resources.files("service.engine") / "data" / "valuesets"
 SOURCE_URL = "urn:ketamine-cds:StructureDefinition:valueset-source"
 VERIFICATION_URL = "urn:ketamine-cds:StructureDefinition:code-verification"
@@ -274,47 +276,15 @@ def load(site_folder: str | Path | None = None) -> dict[str, ValueSet]:
 
 # -- well-formed codes, per system (for ``valuesets check``) -------------------------------
 
-_VERHOEFF_D = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
-    (2, 3, 4, 0, 1, 7, 8, 9, 5, 6),
-    (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
-    (4, 0, 1, 2, 3, 9, 5, 6, 7, 8),
-    (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
-    (6, 5, 9, 8, 7, 1, 0, 4, 3, 2),
-    (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
-    (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
-    (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-)
-_VERHOEFF_P = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
-    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
-    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
-    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
-    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
-    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
-    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
-)
-
 
 def verhoeff_ok(digits: str) -> bool:
     """The Verhoeff check digit (the last digit) of a SNOMED CT identifier is right."""
-    c = 0
-    for i, ch in enumerate(reversed(digits)):
-        c = _VERHOEFF_D[c][_VERHOEFF_P[i % 8][int(ch)]]
-    return c == 0
+    return verhoeff.is_valid(digits)
 
 
 def mod10_ok(digits: str) -> bool:
-    """The LOINC mod-10 check digit (the last digit) is right (Luhn's algorithm)."""
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+    """The LOINC mod-10 check digit (the last digit) is right (it is Luhn's algorithm)."""
+    return luhn.is_valid(digits)
 
 
 _SHAPES = {
