@@ -1,0 +1,127 @@
+"""Cards, directly (spec §7): one card per critical or warning finding, info findings folded
+into the plan card, ranking, de-duplication, override reasons, and suggestions built as valid
+FHIR R4 resources."""
+
+from __future__ import annotations
+
+from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from service.engine.cards import RULE_SYSTEM, RenderContext, render
+from service.engine.record import Fact
+from service.engine.rules import RULES, Finding
+from service.engine.rules.base import SuggestionSpec
+from service.tools.convert import ketamine_order
+
+CTX = RenderContext("p1", "https://cds.example.org", "policy-7")
+ORDER = ketamine_order(60, "iv", 40, patient_id="p1", authored="2026-03-02T09:30:00Z")
+REF = "MedicationRequest/draft-ketamine-1"
+
+
+def found(rule_id, severity, summary=None, *suggestions, facts=()):
+    return Finding(
+        severity,
+        summary or f"{rule_id} {severity} for IV ketamine",
+        f"Why {rule_id} matters.\nWhat to do.",
+        tuple(facts),
+        tuple(suggestions),
+        rule_id=rule_id,
+        order=REF,
+    )
+
+
+def test_one_card_per_warning_or_critical_ranked_and_info_folded_into_the_plan():
+    cards = render(
+        [
+            found("R38", "info"),
+            found("R12", "warning"),
+            found("R27", "info"),
+            found("R09", "critical"),
+        ],
+        {REF: ORDER},
+        CTX,
+    )
+    assert [(c.indicator, c.extension["ketamine-cds.rules"]) for c in cards] == [
+        ("critical", ["R09"]),
+        ("warning", ["R12"]),
+        ("info", ["R38", "R27"]),
+    ]
+    plan = cards[-1]
+    assert "**Also note**" in plan.detail and "(R27)" in plan.detail
+    assert all(c.extension["ketamine-cds.policy"] == "policy-7" for c in cards)
+    assert len({c.uuid for c in cards}) == 3
+
+
+def test_the_same_finding_twice_makes_one_card():
+    cards = render([found("R12", "warning"), found("R12", "warning")], {REF: ORDER}, CTX)
+    assert len(cards) == 1
+
+
+def test_cards_name_their_rule_source_and_link_to_the_catalogue():
+    [card] = render([found("R12", "warning")], {REF: ORDER}, CTX)
+    rule = RULES["R12"]
+    assert (card.source.topic.code, card.source.topic.system) == ("R12", RULE_SYSTEM)
+    assert card.source.url == card.links[0].url == "https://cds.example.org/rules/R12"
+    assert "(rule R12)" in card.detail and rule.title in card.source.label
+
+
+def test_facts_are_listed_under_found_in_the_record():
+    fact = Fact("Condition/c1", value="text “glaucoma” · active")
+    [card] = render([found("R12", "warning", None, facts=[fact])], {REF: ORDER}, CTX)
+    assert "**Found in the record**\n- `Condition/c1` · date not recorded" in card.detail
+
+
+def test_override_reasons_only_on_warning_and_critical_cards():
+    cards = render([found("R09", "critical"), found("R38", "info")], {REF: ORDER}, CTX)
+    assert cards[0].override_reasons and all(r.display for r in cards[0].override_reasons)
+    assert cards[1].override_reasons == ()
+
+
+def test_a_long_summary_is_cut_under_140_characters():
+    [card] = render([found("R12", "warning", "x" * 200)], {REF: ORDER}, CTX)
+    assert len(card.summary) < 140 and card.summary.endswith("…")
+
+
+def test_update_dose_suggestion_is_the_order_with_the_corrected_dose():
+    spec = SuggestionSpec("update-dose", "Change to 35 mg", dose_mg=35.0)
+    [card] = render([found("R25", "warning", None, spec)], {REF: ORDER}, CTX)
+    [action] = card.suggestions[0].actions
+    assert action.type == "update"
+    MedicationRequest.model_validate(action.resource)
+    dose = action.resource["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+    assert dose["value"] == 35.0 and dose["code"] == "mg"
+    assert "text" not in action.resource["dosageInstruction"][0]
+    assert ORDER["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 60
+    assert card.selection_behavior == "at-most-one"
+
+
+def test_delete_suggestion_names_the_draft_order():
+    spec = SuggestionSpec("delete-order", "Remove the ketamine order")
+    [card] = render([found("R09", "critical", None, spec)], {REF: ORDER}, CTX)
+    [action] = card.suggestions[0].actions
+    assert (action.type, action.resource_id) == ("delete", REF)
+
+
+def test_order_observation_suggestions_gather_on_the_plan_card_once():
+    weight = SuggestionSpec("order-observation", "Order a weight", "29463-7", "Body weight")
+    cards = render(
+        [
+            found("R38", "info"),
+            found("R34", "warning", None, weight),
+            found("R33", "info", None, weight),
+        ],
+        {REF: ORDER},
+        CTX,
+    )
+    plan = cards[-1]
+    assert plan.extension["ketamine-cds.rules"][0] == "R38"
+    assert len(plan.suggestions) == 1 and plan.selection_behavior == "any"
+    [action] = plan.suggestions[0].actions
+    assert action.type == "create"
+    ServiceRequest.model_validate(action.resource)
+    assert action.resource["subject"] == {"reference": "Patient/p1"}
+    assert action.resource["code"]["coding"][0]["code"] == "29463-7"
+
+
+def test_no_findings_no_cards():
+    assert render([], {}, CTX) == []
