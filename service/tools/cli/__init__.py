@@ -23,7 +23,9 @@ COMMANDS = {
     "registry": "cli.registry:registry",
     "request": "cli.request:request",
     "rules": "cli.rules:rules",
+    "selftest": "cli.selftest:selftest",
     "serve": "cli.serve:serve",
+    "valuesets": "cli.valuesets:valuesets",
 }
 
 

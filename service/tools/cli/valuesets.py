@@ -1,0 +1,218 @@
+"""``ketamine-cds valuesets``: the FHIR ValueSets the service matches against — the shipped
+ones and a site folder's (``KCDS_VALUESETS_DIR``, or ``--dir``): list them, show one, check
+them (valid R4 ValueSets, well-formed codes, every value set a rule or concept names loaded)."""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections.abc import Iterator
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import click
+
+from .common import EXIT_FAILED, ConfigProblem, InputError, dumps
+
+if TYPE_CHECKING:
+    from service.engine.terminology import Terminology
+    from service.engine.valuesets import ValueSet
+
+DIR_OPTION = click.option(
+    "--dir",
+    "folder",
+    type=click.Path(),
+    help="Site folder of ValueSet JSON files (default: KCDS_VALUESETS_DIR).",
+)
+
+#: calls in the rule and record modules whose string arguments name a value set or concept
+NAMING_CALLS = frozenset(
+    {
+        "found",
+        "current",
+        "conditions_in",
+        "member",
+        "codes",
+        "loinc_codes",
+        "_label_ci",
+        "_info",
+        "_interaction",
+    }
+)
+#: attributes that, compared with a string, name a value set or concept
+NAMING_ATTRIBUTES = frozenset({"valueset", "drug_class"})
+
+
+def _folder(folder: str | None) -> str | None:
+    if folder is not None:
+        return folder
+    from service.config import ConfigError, Settings
+
+    try:
+        return Settings.from_env().valuesets_dir
+    except ConfigError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
+def _terminology(folder: str | None) -> Terminology:
+    from service.engine.terminology import ValueSetError, load_terminology
+
+    try:
+        return load_terminology(folder)
+    except ValueSetError as exc:
+        raise ConfigProblem(str(exc)) from None
+
+
+def _short(terms: Terminology, uri: str) -> str:
+    return terms.short.get(uri, uri)
+
+
+def _summary(terms: Terminology, vs: ValueSet) -> dict:
+    return {
+        "key": vs.key,
+        "id": vs.id,
+        "url": vs.url,
+        "title": vs.title,
+        "version": vs.version,
+        "origin": vs.origin,
+        "codes": {_short(terms, s): n for s, n in sorted(vs.systems().items())},
+        "concepts": _concepts_using(terms, vs.key),
+    }
+
+
+def _concepts_using(terms: Terminology, key: str) -> list[str]:
+    """The concept and alias names whose codes come from the set."""
+    direct = {name for name, c in terms.concepts.items() if key in c.valuesets}
+    aliases = {a for a, targets in terms.aliases.items() if direct & set(targets)}
+    return sorted(direct | aliases)
+
+
+@click.group("valuesets")
+def valuesets() -> None:
+    """The FHIR ValueSets the service matches against (shipped, and a site folder's)."""
+
+
+@valuesets.command("list")
+@DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def list_command(folder: str | None, as_json: bool) -> None:
+    """Every loaded value set: key, codes per system, where it comes from."""
+    terms = _terminology(_folder(folder))
+    rows = [_summary(terms, vs) for _, vs in sorted(terms.valuesets.items())]
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        codes = ", ".join(f"{s} {n}" for s, n in r["codes"].items())
+        origin = "" if r["origin"] == "shipped" else f"  [site: {r['origin']}]"
+        click.echo(f"{r['key']:<{width}}  {codes}{origin}")
+    click.echo(f"{len(rows)} value sets; `ketamine-cds valuesets show KEY` shows one")
+
+
+@valuesets.command("show")
+@click.argument("key")
+@DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="As JSON, with every code.")
+def show(key: str, folder: str | None, as_json: bool) -> None:
+    """One value set: its provenance, the concepts that use it, and its codes. KEY is the
+    set's id or file name (``acute-coronary-syndrome`` or ``acute_coronary_syndrome``)."""
+    from service.engine.valuesets import key_of
+
+    terms = _terminology(_folder(folder))
+    vs = terms.valuesets.get(key_of(key.removesuffix(".json")))
+    if vs is None:
+        close = difflib.get_close_matches(key_of(key), list(terms.valuesets), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"no value set {key!r}{hint}; `ketamine-cds valuesets list` lists them")
+    members = [
+        {
+            "system": _short(terms, m.system),
+            "code": m.code,
+            "display": m.display,
+            **({"needs_text": True} if m.needs_text else {}),
+        }
+        for m in vs.members
+    ]
+    if as_json:
+        click.echo(dumps({**_summary(terms, vs), "sources": list(vs.sources), "members": members}))
+        return
+    summary = _summary(terms, vs)
+    click.echo(f"{vs.key}: {vs.title}")
+    click.echo(f"  id {vs.id} · url {vs.url} · version {vs.version} · {vs.origin}")
+    click.echo(f"  used by: {', '.join(summary['concepts']) or 'no concept (matched by code)'}")
+    for source in vs.sources:
+        click.echo(f"  source: {source}")
+    for m in members:
+        flag = "  (counts only with matching text)" if m.get("needs_text") else ""
+        click.echo(f"  {m['system']:<8} {m['code']:<18} {m['display']}{flag}")
+    click.echo(f"{len(members)} codes")
+
+
+def rule_names() -> Iterator[tuple[str, str]]:
+    """(module, name) for every value set or concept name the rule and record modules pass
+    to a naming call or compare with ``.valueset`` / ``.drug_class``."""
+    engine = resources.files("service.engine")
+    modules = [engine / "rules", engine / "record"]
+    for folder in modules:
+        if not folder.is_dir():
+            continue
+        for item in sorted(folder.iterdir(), key=lambda p: p.name):
+            if item.name.endswith(".py"):
+                yield from _names_in(f"{folder.name}/{item.name}", item.read_text("utf-8"))
+
+
+def _names_in(module: str, source: str) -> Iterator[tuple[str, str]]:
+    for node in ast.walk(ast.parse(source)):
+        strings: list[ast.expr] = []
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in NAMING_CALLS:
+                strings = [*node.args, *(k.value for k in node.keywords)]
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(s, ast.Attribute) and s.attr in NAMING_ATTRIBUTES for s in sides):
+                for s in sides:
+                    strings.extend(s.elts if isinstance(s, ast.Tuple | ast.List | ast.Set) else [s])
+        for s in strings:
+            value = s.value if isinstance(s, ast.Constant) else None
+            if isinstance(value, str) and value.isidentifier() and value.islower():
+                yield module, value
+
+
+@valuesets.command("check")
+@DIR_OPTION
+def check(folder: str | None) -> None:
+    """Every file a valid FHIR R4 ValueSet, every code well-formed for its system (ICD-10-CM,
+    SNOMED CT with its Verhoeff check digit, RxNorm, LOINC with its mod-10 check digit, ATC,
+    NDC), every value set or concept a rule names loaded. Exit 1 on any problem."""
+    from service.engine.valuesets import ValueSetError, problems
+
+    site = _folder(folder)
+    terms = _terminology(site)
+    named = list(rule_names())
+    known = {*terms.names(), *terms.loinc}
+    found: list[str] = []
+    if not named:
+        found.append("found no value set names in the rule modules: the scan needs updating")
+    for module, name in named:
+        if name not in known:
+            found.append(f"{module}: names {name!r}, which is no loaded value set or concept")
+    try:
+        loaded, file_problems = problems(site)
+    except ValueSetError as exc:  # already loaded above; kept for a folder changed meanwhile
+        raise ConfigProblem(str(exc)) from None
+    found.extend(file_problems)
+    codes = sum(len(vs.members) for vs in loaded.values())
+    where = f" (site folder {site})" if site else ""
+    click.echo(
+        f"{len(loaded)} value sets, {codes} codes{where}; "
+        f"{len({n for _, n in named})} names used by the rules"
+    )
+    for line in dict.fromkeys(found):
+        click.echo(f"problem: {line}", err=True)
+    if found:
+        click.echo(f"{len(found)} problem(s)", err=True)
+        raise SystemExit(EXIT_FAILED)
+    click.echo("OK")
