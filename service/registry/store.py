@@ -13,7 +13,9 @@ Concurrency. Several gunicorn workers, and several instances, write to one datab
   ``lock_timeout`` makes a write stuck behind a lock fail like a busy SQLite does.
 - Any transient failure (a lock held past the timeout, a dropped connection) is retried
   with backoff. Every write is idempotent, so a commit whose acknowledgement was lost can be
-  retried without doubling a row.
+  retried without doubling a row. A SQLite file that cannot be opened or written (a
+  read-only or missing directory, a file that is not a database) is not retried: it fails at
+  once with SQLite's reason.
 """
 
 from __future__ import annotations
@@ -49,7 +51,25 @@ TRANSIENT = (OperationalError, InterfaceError)
 
 
 class Unavailable(RuntimeError):
-    """The database did not take a write within the time allowed."""
+    """The database did not take a write within the time allowed; ``permanent`` names what
+    retrying cannot cure (SQLite's reason), else None."""
+
+    def __init__(self, message: str, permanent: str | None = None):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+#: SQLite failures that waiting may cure: a lock held by another writer, a full disk
+_SQLITE_TRANSIENT = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"})
+
+
+def _permanent(exc: Exception) -> str | None:
+    """SQLite's reason when ``exc`` will not pass by retrying, else None."""
+    orig = getattr(exc, "orig", None)
+    name = getattr(orig, "sqlite_errorname", None)
+    if name is None or name in _SQLITE_TRANSIENT:
+        return None
+    return f"{name}: {orig}"
 
 
 class Store:
@@ -86,13 +106,15 @@ class Store:
                     with conn.begin():
                         return work(conn)
             except TRANSIENT as exc:
-                if time.monotonic() + delay > give_up:
-                    raise Unavailable("the registry database did not take the write") from exc
+                permanent = _permanent(exc)
+                if permanent or time.monotonic() + delay > give_up:
+                    message = "the registry database did not take the write"
+                    raise Unavailable(message, permanent) from exc
                 log.warning("registry write retried", extra={"error_type": type(exc.orig).__name__})
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def migrate(self) -> int:
+    def migrate(self, within: float = 60.0) -> int:
         """Bring the schema up to date (see :func:`schema.migrate`); returns its version."""
 
         def work(conn: Connection) -> int:
@@ -100,7 +122,7 @@ class Store:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             return schema.migrate(conn)
 
-        return self.write(work, within=60)
+        return self.write(work, within=within)
 
 
 def open_store(url: str) -> Store:
@@ -109,10 +131,16 @@ def open_store(url: str) -> Store:
     It holds no connection when it returns: gunicorn forks its workers after this (the app is
     preloaded), and a connection must never be shared by two processes.
     """
-    store = Store(_engine(url))
+    store = store_at(url)
     store.migrate()
     store.engine.dispose()
     return store
+
+
+def store_at(url: str) -> Store:
+    """The store at ``url``, not yet connected nor migrated; a ConfigError for a URL that
+    cannot be one."""
+    return Store(_engine(url))
 
 
 def _engine(url: str) -> Engine:
@@ -124,7 +152,12 @@ def _engine(url: str) -> Engine:
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ConfigError("KCDS_DATABASE_URL must name a SQLite file (sqlite:///path.db)")
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"KCDS_DATABASE_URL: the SQLite file's directory cannot be created ({exc.strerror})"
+            ) from None
         engine = create_engine(parsed, connect_args={"timeout": LOCK_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)

@@ -1,17 +1,15 @@
-"""The background writer: evaluations reach the database without the hook response waiting.
+"""The in-memory writer: the fallback while the journal does not take writes.
 
-A hook response costs about 2 ms; writing its evaluation in the request costs 2–4 ms more
-(measured; the README has the numbers), and any time at all when the database is locked by a
-purge, busy or unreachable. So the request only appends the evaluation to a bounded
-in-memory queue (about 40 µs), and one thread per process writes what has queued up. It
-lingers up to :data:`LINGER` for more, so one transaction carries many evaluations: one
-commit instead of dozens, and little CPU taken from the requests.
+Normally every evaluation is journaled (``journal``) and shipped from there. When the journal
+fails (a full disk, a volume gone read-only), the request appends the evaluation to this
+bounded in-memory queue instead (about 40 µs), and one thread per process writes what has
+queued up straight to the registry database, lingering up to :data:`LINGER` for more so one
+transaction carries many evaluations.
 
-What "recorded" means for an evaluation: committed by this thread. The queue is written when
-the process exits normally (gunicorn's graceful stop, worker recycling: ``atexit``); only a
-hard kill or power loss loses what was still queued, the last ~50 ms of evaluations. When
-the queue is full (the database has been down for a long while) further evaluations are
-dropped and logged rather than slowing or failing the clinician's answer.
+What it cannot write is counted, never silent (``on_lost``): the queue is written on a
+normal stop for a bounded time; a hard kill or power loss loses what was still queued, and
+when the queue is full (the database down for a long while too) further evaluations are
+counted as unrecorded rather than slowing or failing the clinician's answer.
 """
 
 from __future__ import annotations
@@ -41,8 +39,14 @@ class Writer(Generic[T]):
     is then tried again, until :meth:`close` gives up on it.
     """
 
-    def __init__(self, write: Callable[[list[T]], None], capacity: int):
+    def __init__(
+        self,
+        write: Callable[[list[T]], None],
+        capacity: int,
+        on_lost: Callable[[int], None] = lambda n: None,
+    ):
         self._write = write
+        self._on_lost = on_lost
         self._capacity = capacity
         self._pending: list[T] = []
         self._in_flight = 0
@@ -111,4 +115,4 @@ class Writer(Generic[T]):
         with self._cond:
             n = len(batch) + len(self._pending)
             self._pending.clear()
-        log.error("registry: evaluations not recorded at shutdown", extra={"fields": {"n": n}})
+        self._on_lost(n)

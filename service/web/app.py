@@ -142,12 +142,14 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
     # probes and metrics: no caller JWT (see service.web.health, service.web.metrics)
     checks = {"policy": lambda: _loaded(engine)}
-    if registry:
-        checks["registry"] = registry.ping
-        registry.on_failure = observer.registry_failed
+    degradations = {}
+    if registry:  # the journal decides readiness; the registry database is a degradation
+        checks["journal"] = registry.check_journal
+        degradations["registry"] = registry.recording
+        registry.observer = observer
     if authenticate is not None and authenticate.replay.shared:
         checks["replay_cache"] = authenticate.replay.ping
-    app.register_blueprint(health_blueprint(checks))
+    app.register_blueprint(health_blueprint(checks, degradations))
     app.register_blueprint(metrics_blueprint(settings.metrics_token))
     Metrics.started(__version__, engine.policy.version)
 

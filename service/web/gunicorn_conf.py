@@ -78,11 +78,24 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
-def worker_exit(server, worker):
-    """In the worker, as it exits (SIGTERM, recycling): write the registry's queue now.
-    (It is also written at exit; this makes the order explicit: before the process ends.)"""
+def _registry(worker):
     app = getattr(worker, "wsgi", None)
-    registry = getattr(app, "extensions", {}).get("ketamine-cds.registry")
+    return getattr(app, "extensions", {}).get("ketamine-cds.registry")
+
+
+def post_worker_init(worker):
+    """In a new worker: start its journal shipper now, so what a crashed worker (or instance)
+    left in the journal is shipped before any request comes."""
+    registry = _registry(worker)
+    if registry is not None:
+        registry.start()
+
+
+def worker_exit(server, worker):
+    """In the worker, as it exits (SIGTERM, recycling): stop the journal shipper (it ships
+    what waits for at most 2 s, and only while the database takes it; the rest stays in the
+    journal for a sibling or the next start). Never waits on a database that is down."""
+    registry = _registry(worker)
     if registry is not None:
         registry.close()
 

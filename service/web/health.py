@@ -1,16 +1,20 @@
 """``GET /health/live`` and ``GET /health/ready``: what an orchestrator's probes ask.
 
-- live: the process answers HTTP. Nothing else is checked, so a database outage never makes
-  an orchestrator restart healthy processes (restarting would not bring the database back).
-- ready: this instance can do its work: the policy and the value sets are loaded, the
-  registry's database answers a query, and the shared JWT replay cache answers (when one is
-  configured). Otherwise ``503`` with the failing check and its reason, so a load balancer
-  sends the calls elsewhere.
+- live: the process answers HTTP. Nothing else is checked, so an outage elsewhere never makes
+  an orchestrator restart healthy processes.
+- ready: this instance can give decision support: the policy and the value sets are loaded
+  and the journal takes writes (see ``service.registry.journal``; a full disk is a
+  degradation, not a failure: recording then goes straight to the database). Otherwise
+  ``503`` with the failing check and its reason, so a load balancer sends calls elsewhere.
+- degradations: what the answer does not depend on, reported in the body of ``ready``
+  (``"status": "degraded"``, still ``200``) and in the metrics, to alert on: the registry
+  database (an audit log: its outage only delays recording) and the shared JWT replay
+  cache (while the site lets calls go on without it, ``KCDS_REPLAY_OUTAGE=memory``).
 
 Neither needs the caller JWT. The reasons name a check and an exception type, never a
-message (a driver's message can carry a database URL with its password). A check's result is
-kept for :data:`CACHE_SECONDS`, and a check taking longer than :data:`CHECK_WITHIN` fails,
-so probes cannot pile up behind a hung database.
+message (a driver's message can carry a database URL with its password). A result is kept
+for :data:`CACHE_SECONDS`, and a check taking longer than :data:`CHECK_WITHIN` fails, so
+probes cannot pile up behind a hung dependency.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ CACHE_SECONDS = 1.0
 #: seconds one dependency check may take
 CHECK_WITHIN = 2.0
 
-Check = Callable[[], None]  # raises when the dependency is not usable
+#: raises when the dependency is not usable; may return a state worth reporting ("ok" if None)
+Check = Callable[[], Any]
 
 
 class Readiness:
@@ -54,8 +59,9 @@ class Readiness:
             self._running = {}
         return self._pool
 
-    def results(self) -> dict[str, str]:
-        """check name → ``ok`` or the reason it failed."""
+    def results(self) -> dict[str, Any]:
+        """check name → ``ok`` (or what it returned) or the reason it failed, as a string
+        starting with ``failed`` or ``no answer``."""
         with self._lock:
             now = time.monotonic()
             if self._result is not None and now - self._result[0] < CACHE_SECONDS:
@@ -69,8 +75,8 @@ class Readiness:
             results = {}
             for name, future in self._running.items():
                 try:
-                    future.result(timeout=max(0.0, deadline - time.monotonic()))
-                    results[name] = "ok"
+                    value = future.result(timeout=max(0.0, deadline - time.monotonic()))
+                    results[name] = "ok" if value is None else value
                 except FutureTimeout:
                     results[name] = f"no answer within {CHECK_WITHIN:g} s"
                 except Exception as exc:
@@ -79,8 +85,17 @@ class Readiness:
             return results
 
 
-def health_blueprint(checks: dict[str, Check]) -> Blueprint:
-    readiness = Readiness(checks)
+def _failed(result: Any) -> bool:
+    return isinstance(result, str) and result.startswith(("failed", "no answer"))
+
+
+def health_blueprint(
+    checks: dict[str, Check], degradations: dict[str, Check] | None = None
+) -> Blueprint:
+    """``checks`` decide readiness; ``degradations`` are reported in its body only: each
+    returns its state (a string, or a dict holding ``state``), ``ok`` when all is well."""
+    degradations = degradations or {}
+    readiness = Readiness({**checks, **degradations})
     bp = Blueprint("kcds_health", __name__)
 
     def answer(body: dict[str, Any], status: int) -> Response:
@@ -95,11 +110,22 @@ def health_blueprint(checks: dict[str, Check]) -> Blueprint:
     @bp.get("/health/ready")
     def ready() -> Response:
         results = readiness.results()
-        failed = {name: why for name, why in results.items() if why != "ok"}
+        hard = {name: results[name] for name in checks}
+        soft = {name: results[name] for name in degradations}
+        failed = {name: why for name, why in hard.items() if why != "ok"}
         if failed:
             reason = "; ".join(f"{name}: {why}" for name, why in failed.items())
-            body = {"status": "unavailable", "reason": reason, "checks": results}
-            return answer(body, 503)
-        return answer({"status": "ok", "version": __version__, "checks": results}, 200)
+            body = {"status": "unavailable", "reason": reason, "checks": hard}
+            return answer(body | ({"dependencies": soft} if soft else {}), 503)
+        degraded = [
+            name
+            for name, state in soft.items()
+            if _failed(state) or (state if isinstance(state, str) else state.get("state")) != "ok"
+        ]
+        body = {"status": "degraded" if degraded else "ok", "version": __version__}
+        body["checks"] = hard
+        if soft:
+            body["dependencies"] = soft
+        return answer(body, 200)
 
     return bp

@@ -36,7 +36,7 @@ from service.engine.rules import RULES
 
 OTHER = "other"
 INDICATORS = frozenset({"info", "warning", "critical"})
-REGISTRY_FAILURES = frozenset({"evaluations", "feedback", "queue_full"})
+REGISTRY_FAILURES = frozenset({"journal", "evaluations", "feedback", "queue_full"})
 #: seconds; a hook answer takes milliseconds, a FHIR fetch up to KCDS_FHIR_TIMEOUT
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -71,10 +71,28 @@ FETCH_LATENCY = Histogram(
 )
 REGISTRY_WRITE_FAILURES = Counter(
     "kcds_registry_write_failures",
-    "Registry writes that failed after their retries (evaluations: a batch, retried "
-    "again later; feedback: a POST answered 503) and evaluations dropped because the "
-    "queue was full (queue_full)",
+    "Recording writes that failed (journal: the local journal did not take an entry, which "
+    "then went straight to the database; evaluations: a direct batch, retried again later; "
+    "feedback: a POST answered 503; queue_full: the in-memory queue was full)",
     ["kind"],
+)
+UNRECORDED = Counter(
+    "kcds_evaluations_unrecorded",
+    "Evaluations answered that nothing could record (neither the journal nor the registry "
+    "database): alert on any increase",
+)
+# Only the process shipping the journal sets these two (the others hold 0): the largest
+# value among the live processes is the instance's
+REGISTRY_UP = Gauge(
+    "kcds_registry_up",
+    "1 while the registry database takes the journal's rows, 0 while it does not (recording "
+    "is delayed, the answers are not)",
+    multiprocess_mode="livemax",
+)
+JOURNAL_BACKLOG = Gauge(
+    "kcds_journal_backlog_rows",
+    "Journal entries (evaluations and feedback items) not yet in the registry database",
+    multiprocess_mode="livemax",
 )
 AUTH_FAILURES = Counter(
     "kcds_auth_failures",
@@ -125,9 +143,18 @@ class Metrics(Observer):
     def auth_failed(self, reason: str) -> None:
         AUTH_FAILURES.labels(_one_of(reason, FAILURE_REASONS)).inc()
 
+    # the registry's observer (service.registry.RegistryObserver)
+
     def registry_failed(self, kind: str) -> None:
-        """The registry's failure hook (:attr:`service.registry.Registry.on_failure`)."""
         REGISTRY_WRITE_FAILURES.labels(_one_of(kind, REGISTRY_FAILURES)).inc()
+
+    def evaluations_unrecorded(self, count: int) -> None:
+        UNRECORDED.inc(count)
+
+    def registry_state(self, up: bool, backlog: int) -> None:
+        REGISTRY_UP.set(1 if up else 0)
+        if backlog >= 0:
+            JOURNAL_BACKLOG.set(backlog)
 
     @staticmethod
     def started(version: str, policy_version: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,7 +26,6 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from werkzeug import Request, Response
 
-import service.registry as registry_module
 from cds_hooks.auth import FAILURE_REASONS
 from cds_hooks.observer import FETCH_OUTCOMES
 from service.config import ConfigError, Settings
@@ -80,7 +80,13 @@ def test_live_and_ready_answer_without_a_caller_jwt(tmp_path):
     assert live.status_code == 200 and live.json["status"] == "ok"
     ready = client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json["checks"] == {"policy": "ok", "registry": "ok", "replay_cache": "ok"}
+    assert ready.json["checks"] == {"policy": "ok", "journal": "ok", "replay_cache": "ok"}
+    assert set(ready.json["dependencies"]["registry"]) == {
+        "state",
+        "registry",
+        "journal",
+        "journal_backlog",
+    }
     assert ready.headers["Cache-Control"] == "no-store"
 
 
@@ -110,23 +116,43 @@ def refusing_connections(postgres_url: str):
         allow(True)
 
 
-def test_ready_is_503_with_the_reason_while_the_registry_database_refuses(
-    postgres_url, monkeypatch
+def test_ready_stays_200_and_reports_the_registry_down_while_its_database_refuses(
+    postgres_url, monkeypatch, tmp_path
 ):
+    """The registry is an audit log: its outage is a degradation in the body and the
+    metrics, never a 503 (issue 14). Hooks and feedback go on meanwhile."""
     monkeypatch.setattr("service.web.health.CACHE_SECONDS", 0.0)
-    client = create_app(
-        Settings(auth="off", database_url=postgres_url, pseudonym_key=KEY)
-    ).test_client()
-    assert client.get("/health/ready").status_code == 200
+    monkeypatch.setattr("service.registry.journal.PROBE_EVERY", 0.1)
+    app = create_app(
+        Settings(
+            auth="off",
+            database_url=postgres_url,
+            pseudonym_key=KEY,
+            journal=str(tmp_path / "journal.db"),
+        )
+    )
+    client = app.test_client()
+    assert post_hook(client).status_code == 200
+    assert app.extensions["ketamine-cds.registry"].flush()
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json["status"] == "ok"
+    assert ready.json["dependencies"]["registry"]["registry"] == "up"
     with refusing_connections(postgres_url):
-        down = client.get("/health/ready")
-        assert down.status_code == 503
-        assert down.json["status"] == "unavailable"
-        assert down.json["checks"]["policy"] == "ok"
-        assert down.json["reason"].startswith("registry: failed (")
-        assert "postgres" not in down.json["reason"]  # no URL, no driver message
-        assert client.get("/health/live").status_code == 200  # not a reason to restart
-    assert client.get("/health/ready").status_code == 200
+        assert post_hook(client).status_code == 200
+        item = {"card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-03-02T10:00:00Z"}
+        assert client.post(SIGN + "/feedback", json={"feedback": [item]}).status_code == 200
+        for _ in range(400):  # the shipper finds the database gone within a few tries
+            down = client.get("/health/ready")
+            assert down.status_code == 200
+            if down.json["dependencies"]["registry"]["registry"] == "down":
+                break
+            time.sleep(0.05)
+        assert down.json["status"] == "degraded"
+        assert down.json["dependencies"]["registry"]["journal_backlog"] == 2
+        assert "postgres" not in down.get_data(as_text=True)  # no URL, no driver message
+    assert app.extensions["ketamine-cds.registry"].flush(timeout=30)
+    back = client.get("/health/ready").json["dependencies"]["registry"]
+    assert (back["registry"], back["journal_backlog"]) == ("up", 0)
 
 
 def test_ready_is_503_while_the_shared_replay_cache_does_not_answer(tmp_path):
@@ -293,21 +319,29 @@ def test_every_refusal_reason_in_auth_is_a_fixed_label():
             assert ast.unparse(call.args[0]) == "reason"
 
 
-def test_registry_write_failures_are_counted(postgres_url, monkeypatch):
-    monkeypatch.setattr(registry_module, "FEEDBACK_WITHIN", 0.3)
+def test_registry_write_failures_are_counted(tmp_path, monkeypatch):
+    """A journal that does not take a write: counted (kind journal); the feedback goes
+    straight to the database."""
+    journal = tmp_path / "journal.db"
     client = create_app(
-        Settings(auth="off", database_url=postgres_url, pseudonym_key=KEY)
+        Settings(
+            auth="off",
+            database_url=f"sqlite:///{tmp_path}/ops.db",
+            pseudonym_key=KEY,
+            journal=str(journal),
+        )
     ).test_client()
-    before = sample("kcds_registry_write_failures_total", kind="feedback")
-    with refusing_connections(postgres_url):
-        item = {
-            "card": str(uuid.uuid4()),
-            "outcome": "overridden",
-            "outcomeTimestamp": "2026-03-02T10:00:00Z",
-        }
-        r = client.post(SIGN + "/feedback", json={"feedback": [item]})
-        assert r.status_code == 503
-        assert sample("kcds_registry_write_failures_total", kind="feedback") == before + 1
+    before = sample("kcds_registry_write_failures_total", kind="journal")
+    monkeypatch.setattr("service.registry.journal.Journal._connection", _unopenable)
+    item = {"card": str(uuid.uuid4()), "outcome": "overridden"}
+    item["outcomeTimestamp"] = "2026-03-02T10:00:00Z"
+    r = client.post(SIGN + "/feedback", json={"feedback": [item]})
+    assert r.status_code == 200 and r.json["stored"] == 1
+    assert sample("kcds_registry_write_failures_total", kind="journal") == before + 1
+
+
+def _unopenable(self):
+    raise sqlite3.OperationalError("unable to open database file")
 
 
 def test_metrics_token_when_configured(tmp_path):
