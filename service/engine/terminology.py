@@ -28,6 +28,14 @@ Matching a CodeableConcept against a concept (ketamine-rules.md §3a):
 The result is typed (:class:`ConceptMatch`): matched on code, code+text or text, with the
 record's coding, the set's display and the words that matched, so a card can say
 "matched on text: 'h/o AVM'".
+
+What the record and the rules use (stable): :func:`load_terminology` (once, at start-up);
+``classify(concept)`` → every :class:`ConceptMatch`; ``member(concept, name)``;
+``ingredients(concept)`` → the drug-class :class:`Ingredient` s (``drug_class`` is the concept
+or alias asked about, ``how`` says code or text); ``codes(name, system)`` → the codes of a
+concept (e.g. ``codes("obs_phq9", "loinc")``); ``loinc_codes`` / ``loinc_filters`` for the
+YAML's LOINC lists; ``names()`` / ``drug_classes()``. A name is a ValueSet key
+(``aneurysm``), a YAML concept (``hallucinogen_use``) or an alias of an old name (``avm``).
 """
 
 from __future__ import annotations
@@ -81,9 +89,10 @@ class ConceptMatch:
     valueset: str  # the concept's name (as the rule asked)
     coding: CodeRef | None  # the record's coding that is in the set; None on text
     how: MatchedOn
-    text: str = ""  # on text: the record's words the pattern matched
+    text: str = ""  # on text: the entry's text and displays (as recorded, up to 120 chars)
     display: str = ""  # on code: the set's display of the code
-    source: str = ""  # on code: the ValueSet key (or "local" for a gap code)
+    source: str = ""  # on code: the ValueSet key (or "local" / "site" for a gap or site code)
+    words: str = ""  # on text: the words the concept's pattern matched
 
     @property
     def on_text(self) -> bool:
@@ -426,7 +435,7 @@ class Terminology:
                     continue
                 words = find_affirmed(c.text, text)
                 if words:
-                    found[name] = ConceptMatch(name, None, MatchedOn.TEXT, words)
+                    found[name] = ConceptMatch(name, None, MatchedOn.TEXT, text[:120], words=words)
         for alias, targets in self.aliases.items():
             for target in targets:
                 if target in found:
@@ -496,7 +505,7 @@ class Terminology:
 
     @staticmethod
     def _ingredient(c: Concept, m: ConceptMatch, text: str, drug_class: str) -> Ingredient | None:
-        source = m.display if not m.on_text else m.text
+        source = m.display if not m.on_text else m.words
         named = c.ingredient_re.search(source) if c.ingredient_re and source else None
         if named is None and c.ingredient_re is not None:
             named = c.ingredient_re.search(text)
@@ -548,7 +557,7 @@ class Terminology:
 
 
 def _renamed(m: ConceptMatch, name: str) -> ConceptMatch:
-    return ConceptMatch(name, m.coding, m.how, m.text, m.display, m.source)
+    return ConceptMatch(name, m.coding, m.how, m.text, m.display, m.source, m.words)
 
 
 def _names_pattern(names: Mapping[str, str]) -> re.Pattern[str]:

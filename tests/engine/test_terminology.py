@@ -77,8 +77,9 @@ def test_snomed_outside_the_set_matches_on_its_text():
     # 127295002 is Synthea's "Traumatic brain injury": in no source (SOURCES.md), so text
     tbi = coded(SNOMED, "127295002", "Traumatic brain injury (disorder)")
     m = match(tbi, "traumatic_brain_injury")
-    assert m and m.on_text and m.coding is None and m.text.lower() == "traumatic brain injury"
-    assert "matched on text" in m.describe()
+    assert m and m.on_text and m.coding is None
+    assert m.words == "Traumatic brain injury" and m.text == "Traumatic brain injury (disorder)"
+    assert m.describe().startswith("matched on text: ‘Traumatic brain injury (disorder)’")
 
 
 def test_rxnorm_code_alone_finds_the_drug_class_and_names_the_ingredient():
