@@ -548,9 +548,10 @@ class Settings:
     )
     max_requests: int = _var(
         "KCDS_MAX_REQUESTS",
-        5000,
+        0,
         whole(0),
-        "each worker is recycled gracefully after about this many requests (`0`: never)",
+        "each worker is recycled gracefully after about this many requests (`0`: never; no "
+        "leak was found, and the journal keeps what a recycled worker answered)",
     )
     max_requests_jitter: int = _var(
         "KCDS_MAX_REQUESTS_JITTER",

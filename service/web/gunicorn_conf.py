@@ -10,13 +10,17 @@ them); why they suit a 2-core container:
   calls meanwhile. ``KCDS_THREADS=1`` gives the sync worker.
 - ``KCDS_WORKER_TIMEOUT``: a worker silent that long is killed and replaced.
 - ``KCDS_GRACEFUL_TIMEOUT``: on SIGTERM (a rolling update, ``docker stop``, a scale-down)
-  the workers stop accepting, finish their in-flight requests, write the registry queue
-  (at most 10 s, see ``service.registry``) and exit; whatever still runs after this long is
-  killed. Keep the orchestrator's grace period above it (Kubernetes:
-  ``terminationGracePeriodSeconds`` 30; ``docker stop -t 30``).
-- ``KCDS_MAX_REQUESTS`` / ``KCDS_MAX_REQUESTS_JITTER``: each worker is recycled
-  (gracefully, registry flushed) after about that many requests, so that slow leaks cannot
-  grow; the jitter keeps the workers from recycling together.
+  the workers stop accepting, finish their in-flight requests, ship what the journal
+  holds while the registry database takes it (at most 2 s; the rest stays journaled, see
+  ``service.registry``) and exit; whatever still runs after this long is killed. Keep the
+  orchestrator's grace period above it (Kubernetes: ``terminationGracePeriodSeconds`` 30;
+  ``docker stop -t 30``).
+- ``KCDS_MAX_REQUESTS`` (``0``, off): no leak was found under load (issue 14), so workers
+  are not recycled by request count; when a site turns it on, ``KCDS_MAX_REQUESTS_JITTER``
+  spreads the workers' recycling so they do not restart together.
+- After a SIGKILL of the master, its workers notice their parent is gone and exit once their
+  in-flight requests are answered (about a second); a restart binds the port after that
+  (an orchestrator's restart back-off waits long enough).
 - ``KCDS_KEEPALIVE``: seconds an idle keep-alive connection is held (gthread); keep it
   above the idle timeout of the proxy in front when it reuses connections.
 

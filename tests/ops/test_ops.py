@@ -413,7 +413,7 @@ def test_gunicorn_defaults_for_a_two_core_container_and_overrides():
         "timeout": 30,
         "graceful_timeout": 20,
         "keepalive": 5,
-        "max_requests": 5000,
+        "max_requests": 0,
         "max_requests_jitter": 500,
         "preload_app": True,
         "control_socket_disable": True,
