@@ -3,14 +3,21 @@
 One card per critical or warning rule; every info finding folds into the monitoring-plan card
 ("Also note"); cards ordered critical, warning, info. Suggested FHIR resources are built and
 validated with ``fhir.resources`` (R4B models for FHIR R4 JSON).
+
+v2: each card offers its rule's override reasons (``overrides``), warning cards also the
+snooze reasons while the registry is on; a snoozed warning folds into the plan card instead
+of a card of its own (``snooze``); a suggestion appears once per response, on the first
+(most severe) card that offers it; the detail names the evidence grade where a rule rests on
+the editorial [E] or on site policy [U] rather than on a label.
 """
 
 from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -20,19 +27,14 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from cds_hooks.models import INDICATOR_RANK, Action, Card, Coding, Link, Source, Suggestion
 from service import __version__
 
+from .overrides import catalogue as override_reasons
+from .policy import schema as policy_schema
 from .rules import RULES, Finding
 from .rules.base import SuggestionSpec
+from .snooze import Snoozed
 from .terminology import load_yaml
 
 RULE_SYSTEM = "urn:ketamine-cds:rule"
-OVERRIDE_SYSTEM = "urn:ketamine-cds:override-reason"
-OVERRIDE_REASONS = (
-    Coding("benefit-outweighs-risk", OVERRIDE_SYSTEM, "Benefit outweighs risk"),
-    Coding("anaesthesia-co-managed", OVERRIDE_SYSTEM, "Co-managed with anaesthesia"),
-    Coding("chart-data-wrong", OVERRIDE_SYSTEM, "Chart data outdated or wrong"),
-    Coding("patient-consents", OVERRIDE_SYSTEM, "Patient informed and consents"),
-    Coding("research-protocol", OVERRIDE_SYSTEM, "Research protocol"),
-)
 PLAN_RULES = ("R37", "R38", "P01")  # the info card the other info findings fold into
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -55,11 +57,53 @@ def source_names(citation: str) -> str:
     return "; ".join(names)
 
 
+@cache
+def evidence_grade(rule_id: str) -> str:
+    """What of a rule is not a label fact (spec §7 v2), from its sources' verification
+    (``sources.yaml``, the citation's own [E]/[U] mark) and its thresholds' sources (the
+    policy schema's ``x-source``): '' when the rule rests on labels alone."""
+    rule = RULES[rule_id]
+    editorial, policy = [], []
+    for token in (t.strip() for t in rule.source.replace(";", ",").split(",")):
+        known = sources().get(token.split(" ")[0])
+        status = known["status"] if known else ""
+        if "[E]" in token or "[E]" in status:
+            editorial.append(known["label"] if known else token)
+        elif "[U]" in token or "policy" in token:
+            policy.append("the rule itself")
+    thresholds = policy_schema()["properties"]["thresholds"]["properties"]
+    policy += [
+        f"`{name}`"
+        for name in rule.thresholds
+        if "site policy" in thresholds.get(name, {}).get("x-source", "")
+    ]
+    parts = []
+    if editorial:
+        parts.append(f"editorial [E] ({'; '.join(dict.fromkeys(editorial))})")
+    if policy:
+        parts.append(f"site policy [U] ({', '.join(dict.fromkeys(policy))})")
+    return f"**Evidence grade:** {' and '.join(parts)}: not a label fact." if parts else ""
+
+
 @dataclass(frozen=True)
 class RenderContext:
     patient_id: str
     base_url: str
     policy_version: str
+    #: the drug of each order a finding may be about (key None: the course, patient-view)
+    drugs: Mapping[str | None, str] = field(default_factory=dict)
+    #: the snoozes running for this patient (``snooze.look_up``)
+    snoozed: Snoozed = field(default_factory=dict)
+    #: warning cards offer the snooze reasons (only while a registry can honour them)
+    snooze_offered: bool = False
+
+    def snoozed_until(self, finding: Finding) -> datetime | None:
+        """The end of the snooze hiding this finding's card; None when it shows. Only a
+        warning is ever snoozed: critical findings always show."""
+        drug = self.drugs.get(finding.order)
+        if finding.severity != "warning" or drug is None:
+            return None
+        return self.snoozed.get((drug, finding.rule_id))
 
 
 @cache
@@ -106,10 +150,17 @@ def _suggestions(
     finding: Finding,
     orders: dict[str, dict[str, Any]],
     ctx: RenderContext,
+    seen: set[tuple[Any, ...]],
 ) -> tuple[Suggestion, ...]:
-    out, seen = [], set()
+    """The card's suggestions, less those an earlier card of the response already made."""
+    out = []
     for spec in specs:
-        key = (spec.kind, spec.loinc, spec.dose_mg)
+        key = (
+            spec.kind,
+            spec.loinc,
+            spec.dose_mg,
+            finding.order if spec.kind != "order-observation" else None,
+        )
         if key in seen:
             continue
         seen.add(key)
@@ -128,18 +179,36 @@ def _detail(finding: Finding, extra: str = "") -> str:
     if extra:
         parts.append(extra)
     parts.append(f"**Source:** {source_names(rule.source)} (rule {rule.id})")
+    if grade := evidence_grade(rule.id):
+        parts.append(grade)
     return "\n\n".join(parts)
 
 
-def _also_note(findings: list[Finding]) -> str:
+def _also_note(findings: list[Finding], ctx: RenderContext) -> str:
     lines = ["**Also note**"]
     for f in findings:
         facts = "; ".join(x.markdown() for x in f.facts[:3])
+        until = ctx.snoozed_until(f)
+        why = (
+            f"Snoozed until {until.date().isoformat()} by an earlier override."
+            if until
+            else f.detail.splitlines()[0]
+        )
         lines.append(
-            f"- **{f.summary}** ({f.rule_id}). {f.detail.splitlines()[0]}"
-            + (f" Found: {facts}." if facts else "")
+            f"- **{f.summary}** ({f.rule_id}). {why}" + (f" Found: {facts}." if facts else "")
         )
     return "\n".join(lines)
+
+
+def _override_reasons(main: Finding, ctx: RenderContext) -> tuple[Coding, ...]:
+    """The rule's own reasons on warning and critical cards; snooze on warnings only."""
+    if main.severity == "info":
+        return ()
+    reasons = override_reasons()
+    snooze = ctx.snooze_offered and main.severity == "warning"
+    return reasons.for_rule(main.rule_id) + (
+        tuple(s.coding for s in reasons.snooze) if snooze else ()
+    )
 
 
 def _card(
@@ -148,20 +217,20 @@ def _card(
     specs: list[SuggestionSpec],
     orders: dict[str, dict[str, Any]],
     ctx: RenderContext,
+    seen: set[tuple[Any, ...]],
 ) -> Card:
     rule = RULES[main.rule_id]
     rule_ids = [
         main.rule_id,
         *dict.fromkeys(f.rule_id for f in folded if f.rule_id != main.rule_id),
     ]
-    suggestions = _suggestions(specs, main, orders, ctx)
+    suggestions = _suggestions(specs, main, orders, ctx, seen)
     summary = main.summary if len(main.summary) < 140 else main.summary[:136] + "…"
-    serious = main.severity in ("warning", "critical")
     return Card(
         uuid=str(uuid.uuid4()),
         summary=summary,
         indicator=main.severity,
-        detail=_detail(main, _also_note(folded) if folded else ""),
+        detail=_detail(main, _also_note(folded, ctx) if folded else ""),
         source=Source(
             label=f"ketamine-cds rule {rule.id}: {rule.title}",
             url=f"{ctx.base_url}/rules/{rule.id}",
@@ -171,7 +240,7 @@ def _card(
         selection_behavior=("any" if main.rule_id in PLAN_RULES else "at-most-one")
         if suggestions
         else None,
-        override_reasons=OVERRIDE_REASONS if serious else (),
+        override_reasons=_override_reasons(main, ctx),
         links=(
             Link(
                 f"Rule {rule.id} in the ketamine-cds catalogue", f"{ctx.base_url}/rules/{rule.id}"
@@ -179,6 +248,7 @@ def _card(
         ),
         extension={
             "ketamine-cds.rules": rule_ids,
+            "ketamine-cds.drug": ctx.drugs.get(main.order),
             "ketamine-cds.policy": ctx.policy_version,
             "ketamine-cds.version": __version__,
         },
@@ -188,27 +258,26 @@ def _card(
 def render(
     findings: Iterable[Finding], orders: dict[str, dict[str, Any]], ctx: RenderContext
 ) -> list[Card]:
-    """The cards for one evaluation, de-duplicated, grouped and ordered."""
+    """The cards for one evaluation, de-duplicated, grouped and ordered.
+
+    A snoozed warning folds into the plan card (or, without one, the card the info findings
+    fold into); it never anchors a card of its own, so with no info card at all (an
+    order-select answer, say) it is not shown: the registry still records that it fired.
+    """
     unique: dict[tuple[str, str], Finding] = {}
     for f in findings:
         unique.setdefault((f.rule_id, f.summary), f)
     ordered = sorted(unique.values(), key=lambda f: INDICATOR_RANK[f.severity])
-    cards: list[Card] = []
+    snoozed = [f for f in ordered if ctx.snoozed_until(f)]
+    own = [f for f in ordered if f.severity != "info" and f not in snoozed]
     infos = [f for f in ordered if f.severity == "info"]
     plans = [f for f in infos if f.rule_id in PLAN_RULES]
-    for f in ordered:
-        if f.severity != "info":
-            cards.append(_card(f, [], list(f.suggestions), orders, ctx))
+    seen: set[tuple[Any, ...]] = set()  # one suggestion once per response
+    cards = [_card(f, [], list(f.suggestions), orders, ctx, seen) for f in own]
     if infos:
         anchor = plans[0] if plans else infos[0]
-        folded = [f for f in infos if f is not anchor]
+        folded = [f for f in infos if f is not anchor] + snoozed
         specs = [*anchor.suggestions]
-        specs += [
-            s
-            for f in [*folded, *ordered]
-            if f is not anchor
-            for s in f.suggestions
-            if s.kind == "order-observation"
-        ]
-        cards.append(_card(anchor, folded, specs, orders, ctx))
+        specs += [s for f in folded for s in f.suggestions if s.kind == "order-observation"]
+        cards.append(_card(anchor, folded, specs, orders, ctx, seen))
     return cards

@@ -17,6 +17,7 @@ from .prefetch import templates
 from .record import RecordBuilder, ketamine_kind
 from .rules import Evaluation, Finding, evaluate
 from .rules.dosing import mg_per_kg
+from .snooze import SnoozeSource, look_up
 from .summary import CardSummary, EvaluationSummary, FindingSummary, OrderSummary
 from .terminology import Terminology
 
@@ -34,11 +35,13 @@ class KetamineCDS:
         policy: Policy,
         clock: Clock,
         recorder: Recorder | None = None,
+        snoozes: SnoozeSource | None = None,
     ):
         self.terminology = terminology
         self.policy = policy
         self.clock = clock  # injected: the engine never reads the time itself
         self.recorder = recorder
+        self.snoozes = snoozes  # the registry's snooze overrides (spec §7 v2); None: off
         self.builder = RecordBuilder(terminology, policy.rating_scale_loinc)
         self.prefetch = templates(sorted(self.builder.observation_codes))
 
@@ -128,7 +131,14 @@ class KetamineCDS:
             ev = Evaluation(record, order, self.policy, self.terminology, now, req.hook)
             findings.extend(evaluate(ev))
             summaries.append(OrderSummary(order.drug, order.route, order.dose_mg, mg_per_kg(ev)))
-        return self._respond(req, findings, {o.ref: o.resource for o in orders}, summaries)
+        return self._respond(
+            req,
+            findings,
+            {o.ref: o.resource for o in orders},
+            summaries,
+            {o.ref: o.drug for o in orders},
+            now,
+        )
 
     def patient_view(self, req: HookRequest) -> Response:
         record = self._record(req)
@@ -139,7 +149,7 @@ class KetamineCDS:
         if not on_course:
             return Response()
         ev = Evaluation(record, None, self.policy, self.terminology, now, req.hook)
-        return self._respond(req, evaluate(ev), {}, [])
+        return self._respond(req, evaluate(ev), {}, [], {None: ev.drug}, now)
 
     def _respond(
         self,
@@ -147,8 +157,18 @@ class KetamineCDS:
         findings: list[Finding],
         orders: dict[str, dict[str, Any]],
         order_summaries: list[OrderSummary],
+        drugs: dict[str | None, str],
+        now: datetime,
     ) -> Response:
-        ctx = RenderContext(req.context["patientId"], req.base_url, self.policy.version)
+        patient_id = req.context["patientId"]
+        ctx = RenderContext(
+            patient_id,
+            req.base_url,
+            self.policy.version,
+            drugs=drugs,
+            snoozed=look_up(self.snoozes, patient_id, set(drugs.values()), now),
+            snooze_offered=self.snoozes is not None,
+        )
         cards = render(findings, orders, ctx)
         req.log_fields["rules"] = sorted({f.rule_id for f in findings})
         req.log_fields["policy"] = self.policy.version
@@ -158,7 +178,13 @@ class KetamineCDS:
                 orders=tuple(order_summaries),
                 findings=tuple(FindingSummary(f.rule_id, f.severity) for f in findings),
                 cards=tuple(
-                    CardSummary(c.uuid, tuple(c.extension["ketamine-cds.rules"])) for c in cards
+                    CardSummary(
+                        c.uuid,
+                        tuple(c.extension["ketamine-cds.rules"]),
+                        c.indicator,
+                        c.extension["ketamine-cds.drug"],
+                    )
+                    for c in cards
                 ),
             )
             self.recorder(req, summary)

@@ -24,6 +24,8 @@ class FindingSummary:
 class CardSummary:
     uuid: str
     rules: tuple[str, ...]  # the card's own rule first, then the rules folded into it
+    indicator: str  # critical, warning, info: only a warning card can be snoozed
+    drug: str | None  # of the order (or course) the card is about: snoozes are per drug
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,25 +102,39 @@ def test_delete_suggestion_names_the_draft_order():
     assert (action.type, action.resource_id) == ("delete", REF)
 
 
-def test_order_observation_suggestions_gather_on_the_plan_card_once():
+def test_a_suggestion_appears_once_per_response_on_the_first_card_that_offers_it():
+    """Spec §7 v2: no weight order both on the R34 card and on the plan card."""
     weight = SuggestionSpec("order-observation", "Order a weight", "29463-7", "Body weight")
+    spo2 = SuggestionSpec("order-observation", "Order SpO2", "59408-5", "SpO2")
     cards = render(
         [
-            found("R38", "info"),
+            found("R38", "info", None, spo2),
             found("R34", "warning", None, weight),
             found("R33", "info", None, weight),
         ],
         {REF: ORDER},
         CTX,
     )
-    plan = cards[-1]
-    assert plan.extension["ketamine-cds.rules"][0] == "R38"
-    assert len(plan.suggestions) == 1 and plan.selection_behavior == "any"
-    [action] = plan.suggestions[0].actions
+    r34, plan = cards
+    assert plan.extension["ketamine-cds.rules"] == ["R38", "R33"]
+    [action] = r34.suggestions[0].actions
     assert action.type == "create"
     ServiceRequest.model_validate(action.resource)
     assert action.resource["subject"] == {"reference": "Patient/p1"}
     assert action.resource["code"]["coding"][0]["code"] == "29463-7"
+    [plan_suggestion] = plan.suggestions
+    assert plan_suggestion.actions[0].resource["code"]["coding"][0]["code"] == "59408-5"
+    assert plan.selection_behavior == "any"
+
+
+def test_one_removal_suggestion_per_order_across_contraindication_cards():
+    remove = SuggestionSpec("delete-order", "Remove the ketamine order")
+    cards = render(
+        [found("R09", "critical", None, remove), found("R04", "critical", None, remove)],
+        {REF: ORDER},
+        CTX,
+    )
+    assert [len(c.suggestions) for c in cards] == [1, 0]
 
 
 def test_no_findings_no_cards():

@@ -117,15 +117,17 @@ def test_plan_card_folds_info_findings_and_their_orders():
     assert plan["selectionBehavior"] == "any"
 
 
-def test_missing_weight_adds_a_weight_order_to_the_plan():
+def test_missing_weight_suggests_a_weight_order_once_on_its_card():
+    """Spec §7 v2: a suggestion appears once per response, on the first card offering it."""
     response, _ = run("r34-no-weight-fires")
-    plan = response["cards"][-1]
-    codes = {
-        a["resource"]["code"]["coding"][0]["code"]
-        for s in plan["suggestions"]
+    codes = [
+        (c["source"]["topic"]["code"], a["resource"]["code"]["coding"][0]["code"])
+        for c in response["cards"]
+        for s in c["suggestions"]
         for a in s["actions"]
-    }
-    assert "29463-7" in codes
+        if a["type"] == "create"
+    ]
+    assert [rule for rule, code in codes if code == "29463-7"] == ["R34"]
 
 
 def policy_file(tmp_path, text):
