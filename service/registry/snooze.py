@@ -76,13 +76,15 @@ class SnoozeIndex:
         self,
         store: Store,
         pseudonym: Callable[[str], str],
-        observe: Callable[[str], None] = lambda outcome: None,
+        start: Callable[[], None] = lambda: None,
         within: float | None = None,
         rest: float | None = None,
     ):
         self.store = store
         self._pseudonym = pseudonym
-        self._observe = observe  # outcome of each lookup: ok, late, failed, resting
+        self._start = start  # the registry's per-process start (its own connections)
+        #: told each lookup's outcome (ok, late, failed, resting); set by the app (metrics)
+        self.observe: Callable[[str], None] = lambda outcome: None
         self._within = LOOKUP_WITHIN if within is None else within
         self._rest = REST_AFTER_FAILURE if rest is None else rest
         self._resting_until = 0.0
@@ -99,7 +101,7 @@ class SnoozeIndex:
         since: datetime,
     ) -> list[SnoozeOverride]:
         if time.monotonic() < self._resting_until:
-            self._observe("resting")
+            self.observe("resting")
             raise SnoozeUnavailable("snooze lookups rest after a failure")
         params = {
             "patient_key": self._pseudonym(patient_id),
@@ -114,9 +116,9 @@ class SnoozeIndex:
         except Exception as exc:  # late, refused, not migrated yet: no snooze this time
             self._resting_until = time.monotonic() + self._rest
             late = isinstance(exc, FutureTimeout)
-            self._observe("late" if late else "failed")
+            self.observe("late" if late else "failed")
             raise SnoozeUnavailable(f"snooze lookup failed ({type(exc).__name__})") from exc
-        self._observe("ok")
+        self.observe("ok")
         return found
 
     def _read(self, params: dict[str, object]) -> list[SnoozeOverride]:
@@ -134,6 +136,7 @@ class SnoozeIndex:
         survive a fork."""
         pid = os.getpid()
         if self._pid != pid or self._pool is None:
+            self._start()
             with self._lock:
                 if self._pid != pid or self._pool is None:
                     self._pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="kcds-snooze")

@@ -21,8 +21,10 @@ from service.engine import policy
 from service.engine.hooks import Clock, KetamineCDS, Recorder
 from service.engine.rulebook import catalogue
 from service.engine.rules import RULES
+from service.engine.snooze import SnoozeSource
 from service.engine.terminology import Terminology, load_yaml
 from service.registry import Registry
+from service.registry.snooze import SnoozeIndex
 from service.tools.convert import ketamine_order, to_hook_request
 
 from . import logs
@@ -40,13 +42,17 @@ def utc_now() -> datetime:
 
 
 def build_engine(
-    settings: Settings, clock: Clock | None = None, recorder: Recorder | None = None
+    settings: Settings,
+    clock: Clock | None = None,
+    recorder: Recorder | None = None,
+    snoozes: SnoozeSource | None = None,
 ) -> KetamineCDS:
     """The ketamine service without HTTP: policy and value sets loaded and validated; its
-    clock ``clock``, else the system's (:func:`utc_now`)."""
+    clock ``clock``, else the system's (:func:`utc_now`); the registry's recorder and
+    snooze index when it is on."""
     site = policy.load(settings.policy_file)
     terminology = Terminology(load_yaml("valuesets.yaml"), site.extra_codes, site.extra_drugs)
-    return KetamineCDS(terminology, site, clock or utc_now, recorder)
+    return KetamineCDS(terminology, site, clock or utc_now, recorder, snoozes)
 
 
 def warm_up(engine: KetamineCDS) -> None:
@@ -89,7 +95,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     settings = settings or Settings.from_env()
     logs.configure(settings.log_level)
     registry = Registry.open(settings, clock)
-    engine = build_engine(settings, clock, registry.record if registry else None)
+    # spec §7 v2: warnings a clinician snoozed stay away; only while there is a registry
+    snoozes = SnoozeIndex(registry.store, registry.pseudonym, registry.start) if registry else None
+    engine = build_engine(settings, clock, registry.record if registry else None, snoozes)
     warm_up(engine)
     authenticate = authenticator(settings) if settings.auth == "jwt" else None
     if authenticate is None:
@@ -147,6 +155,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         checks["journal"] = registry.check_journal
         degradations["registry"] = registry.recording
         registry.observer = observer
+    if snoozes:
+        snoozes.observe = observer.snooze_lookup
     if authenticate is not None and authenticate.replay.shared:
         checks["replay_cache"] = authenticate.replay.ping
     app.register_blueprint(health_blueprint(checks, degradations))

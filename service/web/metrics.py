@@ -37,6 +37,7 @@ from service.engine.rules import RULES
 OTHER = "other"
 INDICATORS = frozenset({"info", "warning", "critical"})
 REGISTRY_FAILURES = frozenset({"journal", "evaluations", "feedback", "queue_full"})
+SNOOZE_OUTCOMES = frozenset({"ok", "late", "failed", "resting"})
 #: seconds; a hook answer takes milliseconds, a FHIR fetch up to KCDS_FHIR_TIMEOUT
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -75,6 +76,12 @@ REGISTRY_WRITE_FAILURES = Counter(
     "then went straight to the database; evaluations: a direct batch, retried again later; "
     "feedback: a POST answered 503; queue_full: the in-memory queue was full)",
     ["kind"],
+)
+SNOOZE_LOOKUPS = Counter(
+    "kcds_snooze_lookups",
+    "Snooze lookups in the registry, one per evaluation, by outcome (ok; late or failed: "
+    "the cards went out without snooze; resting: not tried, a recent lookup failed)",
+    ["outcome"],
 )
 UNRECORDED = Counter(
     "kcds_evaluations_unrecorded",
@@ -147,6 +154,10 @@ class Metrics(Observer):
 
     def registry_failed(self, kind: str) -> None:
         REGISTRY_WRITE_FAILURES.labels(_one_of(kind, REGISTRY_FAILURES)).inc()
+
+    def snooze_lookup(self, outcome: str) -> None:
+        """The snooze index's observer (:attr:`service.registry.snooze.SnoozeIndex.observe`)."""
+        SNOOZE_LOOKUPS.labels(_one_of(outcome, SNOOZE_OUTCOMES)).inc()
 
     def evaluations_unrecorded(self, count: int) -> None:
         UNRECORDED.inc(count)

@@ -87,8 +87,11 @@ def shown(
     return card
 
 
-def index(store, **kw) -> SnoozeIndex:
-    return SnoozeIndex(store, key, **kw)
+def index(store, observe=None, **kw) -> SnoozeIndex:
+    snoozes = SnoozeIndex(store, key, **kw)
+    if observe is not None:
+        snoozes.observe = observe
+    return snoozes
 
 
 def lookup(snoozes: SnoozeIndex, patient: str, drugs=("esketamine",)) -> list[SnoozeOverride]:
