@@ -464,7 +464,7 @@ class Settings:
         None,
         text("path"),
         "where the CLI and the preview page find fixtures",
-        shown="`fixtures/` of the checkout",
+        shown="the fixtures shipped in the package",
     )
     valuesets_dir: str | None = _var(
         "KCDS_VALUESETS_DIR",

@@ -21,10 +21,13 @@ from service.config import read
 ANCHOR_KEY = "ketamine-cds.fixture-anchor"
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
-ROOT = Path(__file__).resolve().parents[2] / "fixtures"
+#: the fixtures shipped in the package (package data: ``service/fixtures`` is a link to the
+#: checkout's ``fixtures/``, copied into the wheel), so an installed copy can check itself
+ROOT = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def fixtures_dir() -> Path:
+    """KCDS_FIXTURES_DIR, else the fixtures shipped in the package."""
     return Path(read("fixtures_dir") or ROOT)
 
 
