@@ -1,21 +1,28 @@
-"""The registry side of snooze (spec §7 v2), on a real SQLite file and a real PostgreSQL
-database: which overrides the lookup finds, the schema 2 migration it needs, and what an
-outage or a slow database does to it (nothing but a skipped snooze, counted)."""
+"""Snooze (spec §7 v2) on a real SQLite file and a real PostgreSQL database: which overrides
+the registry's lookup finds, the schema 2 migration it needs, what an outage or a slow
+database does to it (nothing but a skipped snooze, counted), and, through the service, a
+snoozed warning hidden until the snooze ends, for its patient and drug only."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import insert, inspect, select, text
 
+from service.config import Settings
 from service.engine.overrides import catalogue
-from service.engine.snooze import SnoozeOverride
+from service.engine.snooze import SnoozeOverride, add_months
 from service.registry import schema
 from service.registry.snooze import SnoozeIndex, SnoozeUnavailable
 from service.registry.store import open_store
+from service.tools.convert import esketamine_order
+from service.tools.fixtures import load
+from service.web.app import create_app
 from tests.ops.test_ops import refusing_connections
 
 NOW = datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
@@ -200,3 +207,150 @@ def test_a_database_that_does_not_answer_in_time_means_no_snooze(postgres_url):
     assert outcomes == ["ok", "late"]
     assert [o.rule_id for o in lookup(snoozes, "p1")] == ["R20"]  # rest=0: tried again
     snoozes.close()
+
+
+# -- through the service: evaluate, override with a snooze, evaluate again -----------------
+
+SIGN = "/cds-services/ketamine-order-sign"
+PSEUDONYM_KEY = "snooze-test-pseudonym-key-0123456789"
+SNOOZE_SYSTEM = catalogue().system
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app(database_url, clock):
+    settings = Settings(auth="off", database_url=database_url, pseudonym_key=PSEUDONYM_KEY)
+    app = create_app(settings, clock=clock)
+    yield app
+    app.extensions["ketamine-cds.registry"].close()
+
+
+def lorazepam_patient(patient_id: str = "kcds-r20-fires", drug: str = "ketamine") -> dict:
+    """The R20 fixture (a current lorazepam prescription: a warning for either drug), as
+    ``patient_id`` and ordering ``drug``."""
+    request, _ = load("r20-lorazepam-fires")
+    request = json.loads(json.dumps(request).replace("kcds-r20-fires", patient_id))
+    if drug == "esketamine":
+        order = esketamine_order(patient_id=patient_id)
+        request["context"]["draftOrders"]["entry"] = [{"resource": order}]
+    return request
+
+
+def evaluate(app, request: dict) -> list[dict]:
+    request = {**request, "hookInstance": str(uuid.uuid4())}
+    response = app.test_client().post(SIGN, json=request)
+    assert response.status_code == 200, response.get_json()
+    assert app.extensions["ketamine-cds.registry"].flush()
+    return response.get_json()["cards"]
+
+
+def card(cards: list[dict], rule: str) -> dict | None:
+    return next((c for c in cards if c["source"]["topic"]["code"] == rule), None)
+
+
+def snooze(app, shown: dict, code: str, at: datetime) -> None:
+    item = {
+        "card": shown["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": at.isoformat(),
+        "overrideReason": {"reason": {"system": SNOOZE_SYSTEM, "code": code}},
+    }
+    response = app.test_client().post(SIGN + "/feedback", json={"feedback": [item]})
+    assert response.status_code == 200, response.get_json()
+    assert app.extensions["ketamine-cds.registry"].flush()
+
+
+def test_a_snoozed_warning_is_hidden_until_the_snooze_ends_then_shows_again(app, clock):
+    start = clock.now
+    r20 = card(evaluate(app, lorazepam_patient()), "R20")
+    assert r20 is not None and r20["indicator"] == "warning"
+    offered = [r["code"] for r in r20["overrideReasons"]]
+    assert offered[-2:] == ["snooze-1-month", "snooze-3-months"]
+    snooze(app, r20, "snooze-1-month", start)
+
+    clock.now = start + timedelta(days=1)
+    cards = evaluate(app, lorazepam_patient())
+    assert card(cards, "R20") is None
+    plan = cards[-1]
+    assert "R20" in plan["extension"]["ketamine-cds.rules"]
+    until = add_months(start, 1).date().isoformat()
+    assert f"(R20). Snoozed until {until} by an earlier override." in plan["detail"]
+
+    clock.now = add_months(start, 1) - timedelta(minutes=1)
+    assert card(evaluate(app, lorazepam_patient()), "R20") is None
+    clock.now = add_months(start, 1) + timedelta(minutes=1)
+    assert card(evaluate(app, lorazepam_patient()), "R20") is not None  # expired
+
+
+def test_a_three_month_snooze_outlasts_a_month(app, clock):
+    start = clock.now
+    snooze(app, card(evaluate(app, lorazepam_patient()), "R20"), "snooze-3-months", start)
+    clock.now = start + timedelta(days=45)
+    assert card(evaluate(app, lorazepam_patient()), "R20") is None
+    clock.now = add_months(start, 3) + timedelta(minutes=1)
+    assert card(evaluate(app, lorazepam_patient()), "R20") is not None
+
+
+def test_a_snooze_holds_for_its_patient_and_drug_only(app, clock):
+    snooze(app, card(evaluate(app, lorazepam_patient()), "R20"), "snooze-1-month", clock.now)
+    assert card(evaluate(app, lorazepam_patient()), "R20") is None
+    assert card(evaluate(app, lorazepam_patient(drug="esketamine")), "R20") is not None
+    assert card(evaluate(app, lorazepam_patient("kcds-someone-else")), "R20") is not None
+
+
+def test_an_override_that_is_not_a_snooze_snoozes_nothing(app, clock):
+    r20 = card(evaluate(app, lorazepam_patient()), "R20")
+    item_code = catalogue().for_rule("R20")[0].code
+    snooze(app, r20, item_code, clock.now)
+    assert card(evaluate(app, lorazepam_patient()), "R20") is not None
+
+
+def test_critical_cards_offer_no_snooze(app):
+    request, _ = load("r09-bp-185-fires")
+    r09 = card(evaluate(app, request), "R09")
+    assert r09["indicator"] == "critical"
+    codes = [r["code"] for r in r09["overrideReasons"]]
+    assert codes == [r.code for r in catalogue().for_rule("R09")]
+
+
+def test_without_the_registry_no_snooze_is_offered():
+    app = create_app(Settings(auth="off", registry=False))
+    response = app.test_client().post(SIGN, json=lorazepam_patient())
+    r20 = card(response.get_json()["cards"], "R20")
+    assert [r["code"] for r in r20["overrideReasons"]] == [
+        r.code for r in catalogue().for_rule("R20")
+    ]
+
+
+def lookups(outcome: str) -> float:
+    return REGISTRY.get_sample_value("kcds_snooze_lookups_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_registry_outage_never_blocks_cards_snooze_is_skipped_and_counted(postgres_url, clock):
+    settings = Settings(auth="off", database_url=postgres_url, pseudonym_key=PSEUDONYM_KEY)
+    app = create_app(settings, clock=clock)
+    try:
+        snooze(app, card(evaluate(app, lorazepam_patient()), "R20"), "snooze-1-month", clock.now)
+        assert card(evaluate(app, lorazepam_patient()), "R20") is None
+        failed, resting = lookups("failed"), lookups("resting")
+        with refusing_connections(postgres_url):
+            for _ in range(2):  # refused, then resting: the cards come all the same
+                request = {**lorazepam_patient(), "hookInstance": str(uuid.uuid4())}
+                response = app.test_client().post(SIGN, json=request)
+                assert response.status_code == 200
+                assert card(response.get_json()["cards"], "R20") is not None
+        assert lookups("failed") == failed + 1 and lookups("resting") == resting + 1
+    finally:
+        app.extensions["ketamine-cds.registry"].close()
