@@ -22,7 +22,7 @@ from service.engine.hooks import Clock, KetamineCDS, Recorder
 from service.engine.rulebook import catalogue
 from service.engine.rules import RULES
 from service.engine.snooze import SnoozeSource
-from service.engine.terminology import Terminology, load_yaml
+from service.engine.terminology import ValueSetError, load_terminology
 from service.registry import Registry
 from service.registry.snooze import SnoozeIndex
 from service.tools.convert import ketamine_order, to_hook_request
@@ -51,7 +51,10 @@ def build_engine(
     clock ``clock``, else the system's (:func:`utc_now`); the registry's recorder and
     snooze index when it is on."""
     site = policy.load(settings.policy_file)
-    terminology = Terminology(load_yaml("valuesets.yaml"), site.extra_codes, site.extra_drugs)
+    try:
+        terminology = load_terminology(settings.valuesets_dir, site.extra_codes, site.extra_drugs)
+    except ValueSetError as e:  # a bad KCDS_VALUESETS_DIR or site ValueSet file
+        raise ConfigError(str(e)) from None
     return KetamineCDS(terminology, site, clock or utc_now, recorder, snoozes)
 
 
