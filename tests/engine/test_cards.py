@@ -4,10 +4,15 @@ FHIR R4 resources."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from service.engine.cards import RULE_SYSTEM, RenderContext, render
+from service.engine.cards import RULE_SYSTEM, RenderContext, evidence_grade, render
+from service.engine.overrides import MAX_PER_RULE
+from service.engine.overrides import catalogue as override_catalogue
 from service.engine.record import Fact
 from service.engine.rules import RULES, Finding
 from service.engine.rules.base import SuggestionSpec
@@ -16,6 +21,8 @@ from service.tools.convert import ketamine_order
 CTX = RenderContext("p1", "https://cds.example.org", "policy-7")
 ORDER = ketamine_order(60, "iv", 40, patient_id="p1", authored="2026-03-02T09:30:00Z")
 REF = "MedicationRequest/draft-ketamine-1"
+#: the rules version 2 of the specification adds (their reasons are declared ahead of them)
+SPEC_V2_RULES = ("R41", "R42", "R43", "R44", "P05", "P06")
 
 
 def found(rule_id, severity, summary=None, *suggestions, facts=()):
@@ -68,7 +75,8 @@ def test_cards_name_their_rule_source_and_link_to_the_catalogue():
 def test_facts_are_listed_under_found_in_the_record():
     fact = Fact("Condition/c1", value="text “glaucoma” · active")
     [card] = render([found("R12", "warning", None, facts=[fact])], {REF: ORDER}, CTX)
-    assert "**Found in the record**\n- `Condition/c1` · date not recorded" in card.detail
+    assert "**Found in the record**\n- `Condition/c1` · text “glaucoma” · active" in card.detail
+    assert "date not recorded" not in card.detail  # spec §7 v2: an undated fact shows no date
 
 
 def test_override_reasons_only_on_warning_and_critical_cards():
@@ -139,3 +147,97 @@ def test_one_removal_suggestion_per_order_across_contraindication_cards():
 
 def test_no_findings_no_cards():
     assert render([], {}, CTX) == []
+
+
+# -- v2 (spec §7): override reasons per rule, snooze, evidence grade -----------------------
+
+UNTIL = datetime(2026, 12, 29, 9, 30, tzinfo=UTC)
+
+
+def snoozing(*rules: str, drug: str = "ketamine", offered: bool = True) -> RenderContext:
+    return replace(
+        CTX,
+        drugs={REF: "ketamine"},
+        snoozed={(drug, rule): UNTIL for rule in rules},
+        snooze_offered=offered,
+    )
+
+
+def test_each_card_offers_its_rules_own_override_reasons_and_warnings_the_snooze():
+    reasons = override_catalogue()
+    snooze = [s.coding for s in reasons.snooze]
+    cards = render(
+        [found("R09", "critical"), found("R34", "warning"), found("R38", "info")],
+        {REF: ORDER},
+        snoozing(),
+    )
+    assert list(cards[0].override_reasons) == list(reasons.for_rule("R09"))  # never snoozed
+    assert list(cards[1].override_reasons) == [*reasons.for_rule("R34"), *snooze]
+    assert cards[2].override_reasons == ()
+    [without_registry] = render([found("R34", "warning")], {REF: ORDER}, CTX)
+    assert list(without_registry.override_reasons) == list(reasons.for_rule("R34"))
+
+
+def test_every_rule_declares_one_to_five_override_reasons_of_the_service_code_system():
+    reasons = override_catalogue()
+    for rule_id in RULES:
+        declared = reasons.for_rule(rule_id)
+        assert 1 <= len(declared) <= MAX_PER_RULE, rule_id
+        assert {r.system for r in declared} == {reasons.system}
+        assert all(r.display for r in declared)
+    assert set(reasons.per_rule) <= set(RULES) | set(SPEC_V2_RULES)
+
+
+def test_a_snoozed_warning_folds_into_the_plan_card_with_its_end_date():
+    cards = render(
+        [found("R38", "info"), found("R20", "warning"), found("R34", "warning")],
+        {REF: ORDER},
+        snoozing("R20"),
+    )
+    assert [c.extension["ketamine-cds.rules"] for c in cards] == [["R34"], ["R38", "R20"]]
+    assert "(R20). Snoozed until 2026-12-29 by an earlier override." in cards[-1].detail
+
+
+def test_a_snooze_is_per_drug_and_never_hides_a_critical_card():
+    other_drug = render([found("R20", "warning")], {REF: ORDER}, snoozing("R20", drug="esketamine"))
+    assert [c.extension["ketamine-cds.rules"] for c in other_drug] == [["R20"]]
+    critical = render([found("R09", "critical")], {REF: ORDER}, snoozing("R09"))
+    assert [c.indicator for c in critical] == ["critical"]
+
+
+def test_a_snoozed_warning_never_becomes_a_card_of_its_own():
+    assert render([found("R20", "warning")], {REF: ORDER}, snoozing("R20")) == []
+    [info] = render([found("R12", "info"), found("R20", "warning")], {REF: ORDER}, snoozing("R20"))
+    assert info.extension["ketamine-cds.rules"] == ["R12", "R20"]
+
+
+def test_a_snoozed_warnings_orderable_monitoring_moves_to_the_plan():
+    bp = SuggestionSpec("order-observation", "Order a BP", "85354-9", "Blood pressure panel")
+    cards = render(
+        [found("R38", "info"), found("R09", "warning", None, bp)], {REF: ORDER}, snoozing("R09")
+    )
+    [plan] = cards
+    [action] = plan.suggestions[0].actions
+    assert action.resource["code"]["coding"][0]["code"] == "85354-9"
+
+
+def test_cards_carry_the_drug_they_are_about():
+    [card] = render([found("R34", "warning")], {REF: ORDER}, snoozing())
+    assert card.extension["ketamine-cds.drug"] == "ketamine"
+
+
+def test_the_evidence_grade_is_named_where_a_rule_is_not_a_label_fact():
+    editorial = [r.id for r in RULES.values() if "[E]" in r.source]
+    label_only = [
+        r.id
+        for r in RULES.values()
+        if all(s.strip() in ("S4", "S6", "S16") for s in r.source.replace(";", ",").split(","))
+        and not r.thresholds
+    ]
+    assert editorial and label_only
+    for rule_id in editorial:
+        assert "editorial [E]" in evidence_grade(rule_id), rule_id
+    for rule_id in label_only:
+        assert evidence_grade(rule_id) == "", rule_id
+    [card] = render([found(editorial[0], "warning")], {REF: ORDER}, CTX)
+    assert "**Evidence grade:** editorial [E]" in card.detail
