@@ -41,6 +41,8 @@ YAML's LOINC lists; ``names()`` / ``drug_classes()``. A name is a ValueSet key
 from __future__ import annotations
 
 import re
+import re._constants as _c  # the parsed form of a pattern, to pre-test it (see _heads)
+import re._parser as _parser
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -209,6 +211,84 @@ def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.I) if patterns else None
 
 
+# -- a cheap pre-test for the text patterns ----------------------------------------------------
+# Most entries match none of a concept's patterns; running ~60 regexes on each new entry is
+# what a cold record costs. Every pattern starts at a word (\b), so the first letters a match
+# can start with are known from the pattern: a concept whose possible starts do not occur at
+# any word start of the text cannot match, and its regex is not run. A pattern whose starts
+# cannot be read (no leading \b, an optional first letter) makes its concept always run.
+
+_HEAD = 4  # letters of a match's start that are compared
+
+
+def _heads(items: Any, prefixes: set[str]) -> tuple[set[str], bool]:
+    """The possible lower-case starts (up to _HEAD characters) of a parsed regex sequence,
+    extending ``prefixes``; the flag says the whole sequence was read (the caller may go on)."""
+    items = list(items)
+    for i, (op, av) in enumerate(items):
+        if all(len(p) >= _HEAD for p in prefixes):
+            return prefixes, False
+        if op in (_c.ASSERT_NOT, _c.ASSERT) or (op is _c.AT and av is _c.AT_BOUNDARY):
+            continue  # zero width
+        if op is _c.LITERAL:
+            prefixes = {p + chr(av).lower() if len(p) < _HEAD else p for p in prefixes}
+        elif op is _c.IN and all(o is _c.LITERAL for o, _ in av) and len(av) <= 8:
+            prefixes = {
+                p + chr(v).lower() if len(p) < _HEAD else p for p in prefixes for _, v in av
+            }
+        elif op is _c.SUBPATTERN:
+            prefixes, whole = _heads(av[-1], prefixes)
+            if not whole:
+                return prefixes, False
+        elif op is _c.BRANCH:
+            found: set[str] = set()
+            whole = True
+            for branch in av[1]:
+                heads, done = _heads(branch, prefixes)
+                found |= heads
+                whole = whole and done
+            prefixes = found
+            if not whole:
+                return prefixes, False
+        elif op in (_c.MAX_REPEAT, _c.MIN_REPEAT):
+            taken, _ = _heads(av[2], prefixes)  # once, then the start is as far as read
+            if av[0] == 0:  # or not at all: what follows starts the match
+                taken |= _heads(items[i + 1 :], prefixes)[0]
+            return taken, False
+        else:  # a class, any: the start is as far as it was read
+            return prefixes, False
+    return prefixes, True
+
+
+def pattern_heads(pattern: str) -> set[str] | None:
+    """The possible starts of a match of one text pattern, or None when they cannot be read
+    (the pattern does not start with \b and a letter)."""
+    try:
+        items = list(_parser.parse(pattern, re.I))
+    except (re.error, TypeError, ValueError):
+        return None
+    lead = [(op, av) for op, av in items if op not in (_c.ASSERT_NOT, _c.ASSERT)]
+    if not lead or lead[0] != (_c.AT, _c.AT_BOUNDARY):
+        return None
+    heads, _ = _heads(items, {""})
+    if not heads or any(not h or not h[0].isalnum() for h in heads):
+        return None
+    return heads
+
+
+_WORD_START = re.compile(r"\b\w")
+
+
+def word_starts(text: str) -> set[str]:
+    """Every 1 to _HEAD character string that starts at a word of ``text`` (lower case)."""
+    low = text.lower()
+    return {
+        low[m.start() : m.start() + k]
+        for m in _WORD_START.finditer(low)
+        for k in range(1, _HEAD + 1)
+    }
+
+
 # -- concepts ---------------------------------------------------------------------------------
 
 
@@ -234,6 +314,7 @@ class Concept:
     code_systems: set[str] = field(default_factory=set)  # short names of its codes' systems
     text: re.Pattern[str] | None = None
     text_not: re.Pattern[str] | None = None  # text that vetoes a text match (never a code)
+    heads: set[str] | None = None  # possible starts of a text match; None: always try
     ingredient_re: re.Pattern[str] | None = None
 
 
@@ -283,6 +364,7 @@ class Terminology:
         for concept in self.concepts.values():
             names = [rf"\b{re.escape(n)}\b" for n in concept.ingredients]  # names are text too
             concept.text = _compile([*concept.patterns, *names])
+            concept.heads = _all_heads([*concept.patterns, *names])
             if concept.ingredients:
                 concept.ingredient_re = _names_pattern(concept.ingredients)
         unknown = {t for targets in self.aliases.values() for t in targets} - set(self.concepts)
@@ -428,9 +510,12 @@ class Terminology:
                         entry.concept, ref, MatchedOn.CODE_AND_TEXT, "", entry.display, entry.source
                     )
         if text:
+            starts = word_starts(text)
             for name, c in self.concepts.items():
                 if name in found or c.text is None or coded_in & c.code_systems:
                     continue
+                if c.heads is not None and c.heads.isdisjoint(starts):
+                    continue  # no word of the text starts as a match would
                 if c.text_not is not None and c.text_not.search(text):
                     continue
                 words = find_affirmed(c.text, text)
@@ -554,6 +639,16 @@ class Terminology:
     @cached_property
     def loinc_system(self) -> str:
         return self.systems["loinc"]
+
+
+def _all_heads(patterns: list[str]) -> set[str] | None:
+    out: set[str] = set()
+    for p in patterns:
+        heads = pattern_heads(p)
+        if heads is None:
+            return None
+        out |= heads
+    return out
 
 
 def _renamed(m: ConceptMatch, name: str) -> ConceptMatch:

@@ -22,6 +22,8 @@ from service.engine.terminology import (
     find_affirmed,
     load_terminology,
     ndc_product,
+    pattern_heads,
+    word_starts,
 )
 from service.tools.fixtures import card_rules, load, names
 from service.web.app import build_engine
@@ -173,6 +175,29 @@ def test_negation_is_read_in_the_clause_only():
     assert affirmed(text, start, start + 8)
     assert not affirmed("no known aneurysm", 9, 17)
     assert find_affirmed(TERMS.concepts["aneurysm"].text, "aneurysm excluded") is None
+
+
+def test_the_pre_test_never_skips_a_concept_whose_patterns_match():
+    """A concept is skipped when no word of the text starts as its matches would; over every
+    display of every set (and the displays' lower/upper case), that never hides a match."""
+    texts = {m.display for vs in TERMS.valuesets.values() for m in vs.members if m.display}
+    texts |= {t.upper() for t in list(texts)[:2000]} | {"h/o AVM", "S-ketamine", "(pre)eclampsia"}
+    read = [c for c in TERMS.concepts.values() if c.text is not None and c.heads is not None]
+    assert len(read) > 40  # the pre-test applies to nearly every concept
+    for text in texts:
+        starts = word_starts(text)
+        for c in read:
+            if c.heads.isdisjoint(starts):
+                assert not c.text.search(text), (c.name, text)
+
+
+def test_pattern_heads():
+    assert pattern_heads(r"\baneurysm") == {"aneu"}
+    assert pattern_heads(r"\b(pre-?)?eclampsia\b") == {"pre", "pre-", "ecla"}
+    assert pattern_heads(r"(?<!heat )\bstroke\b") == {"stro"}
+    assert pattern_heads(r"\bAVMs?\b") == {"avm", "avms"}
+    assert pattern_heads(r"aneurysm") is None  # no leading \b: always tried
+    assert pattern_heads(r"\b\w+ disease") is None
 
 
 def test_every_concept_a_rule_names_with_text_has_patterns_that_compile():
