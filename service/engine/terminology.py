@@ -312,6 +312,7 @@ class Concept:
     ingredients: dict[str, str]  # lower-case name or synonym → (canonical name) for drugs
     groups: dict[str, str]  # canonical ingredient name → group
     code_systems: set[str] = field(default_factory=set)  # short names of its codes' systems
+    code_count: int = 0  # codes indexed for it (after any display filter)
     text: re.Pattern[str] | None = None
     text_not: re.Pattern[str] | None = None  # text that vetoes a text match (never a code)
     heads: set[str] | None = None  # possible starts of a text match; None: always try
@@ -431,6 +432,7 @@ class Terminology:
     ) -> None:
         entry = _Entry(concept, needs_text, display, source, prefix)
         self.concepts[concept].code_systems.add(system)
+        self.concepts[concept].code_count += 1
         if prefix:
             self._prefix[system].append((normalise(system, code), entry))
         else:

@@ -92,6 +92,15 @@ def test_check_reports_problems_with_exit_1(tmp_path, doc, problem):
     assert problem in result.output and "1 problem(s)" in result.output
 
 
+def test_a_concept_whose_set_a_site_emptied_of_its_filtered_codes_is_a_problem(tmp_path):
+    # thyroid_storm takes the hyperthyroidism entries "with ... crisis or storm"; a site set
+    # without them leaves the concept no code
+    (tmp_path / "hyper.json").write_text(json.dumps(site_set("hyperthyroidism")), "utf-8")
+    result = run("check", "--dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert "concept 'thyroid_storm' selects no code of ('hyperthyroidism',)" in result.output
+
+
 def test_an_unusable_site_folder_is_a_configuration_error(tmp_path):
     result = run("check", "--dir", str(tmp_path / "missing"))
     assert result.exit_code == 3 and "not a folder" in result.output

@@ -199,6 +199,9 @@ def check(folder: str | None) -> None:
     for module, name in named:
         if name not in known:
             found.append(f"{module}: names {name!r}, which is no loaded value set or concept")
+    for name, concept in sorted(terms.concepts.items()):
+        if concept.valuesets and not concept.code_count:
+            found.append(f"valuesets.yaml: concept {name!r} selects no code of {concept.valuesets}")
     try:
         loaded, file_problems = problems(site)
     except ValueSetError as exc:  # already loaded above; kept for a folder changed meanwhile
