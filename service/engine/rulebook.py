@@ -9,6 +9,7 @@ from typing import Any
 from service import __version__
 
 from .cards import sources
+from .overrides import catalogue as override_reasons
 from .policy import Policy, schema
 from .rules import RULES
 
@@ -62,6 +63,21 @@ def catalogue(policy: Policy) -> dict[str, Any]:
                     for t in r.thresholds
                 ],
                 "sources": _citations(r.source),
+                "override_reasons": [
+                    {"code": c.code, "display": c.display}
+                    for c in override_reasons().for_rule(r.id)
+                ],
             }
         )
-    return {"service_version": __version__, "policy_version": policy.version, "rules": rules}
+    reasons = override_reasons()
+    return {
+        "service_version": __version__,
+        "policy_version": policy.version,
+        "override_reason_system": reasons.system,
+        # offered on warning cards, next to the rule's own reasons, while the registry is on
+        "snooze_reasons": [
+            {"code": s.coding.code, "display": s.coding.display, "months": s.months}
+            for s in reasons.snooze
+        ],
+        "rules": rules,
+    }
