@@ -34,7 +34,7 @@ from service.registry import schema
 from service.registry.store import open_store
 from service.tools.fixtures import load
 from service.web.app import create_app
-from service.web.metrics import INDICATORS, OTHER, REGISTRY_FAILURES
+from service.web.metrics import INDICATORS, OTHER, REGISTRY_FAILURES, SNOOZE_OUTCOMES
 from tests.auth_helpers import ISSUER, PUBLIC_URL, bearer, es384
 from tests.conftest import ROOT, free_port, start_gunicorn, stop
 
@@ -252,7 +252,7 @@ def test_metrics_count_requests_cards_fetches_and_refusals_with_fixed_labels(tmp
         },
         "indicator": INDICATORS | {OTHER},
         "rule": set(RULES) | {OTHER},
-        "outcome": set(FETCH_OUTCOMES) | {OTHER},
+        "outcome": set(FETCH_OUTCOMES) | SNOOZE_OUTCOMES | {OTHER},
         "reason": FAILURE_REASONS | {OTHER},
         "kind": REGISTRY_FAILURES | {OTHER},
         "status": {str(code) for code in range(100, 600)},
