@@ -140,6 +140,18 @@ def test_the_override_reasons_quoted_exist():
     assert overrides["system"] in GUIDE
 
 
+def test_every_setting_and_command_the_guide_names_exists():
+    from dataclasses import fields
+
+    from service.tools.cli import COMMANDS
+
+    variables = {f.metadata["var"].name for f in fields(Settings)}
+    named = set(re.findall(r"\bKCDS_[A-Z_]+[A-Z]\b", GUIDE))
+    assert named <= variables, named - variables
+    commands = set(re.findall(r"ketamine-cds ([a-z]+)", GUIDE))
+    assert commands <= set(COMMANDS), commands - set(COMMANDS)
+
+
 @pytest.mark.parametrize("separator", [",", " "])
 def test_cors_origins_take_either_separator(separator):
     origins = separator.join(["https://sandbox.cds-hooks.org", "https://ehr.example.org"])
