@@ -29,9 +29,11 @@ from service.tools.convert import ketamine_order, to_hook_request
 
 from . import logs
 from .admin import admin_blueprint
+from .course import course_blueprint
 from .health import health_blueprint
 from .metrics import Metrics, metrics_blueprint
 from .preview import preview_blueprint, preview_enabled
+from .smart import SmartSettings
 
 log = logging.getLogger("service.web.app")
 
@@ -149,6 +151,9 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         app.register_blueprint(
             preview_blueprint(ServiceCatalog(unrecorded.services()), settings, codes)
         )
+    smart = SmartSettings.of(settings)
+    if smart is not None:  # the SMART course view (KCDS_SMART_CLIENT_ID; docs/smart.md)
+        app.register_blueprint(course_blueprint(smart, engine, settings, clock))
     if registry and settings.admin_token:
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
     # probes and metrics: no caller JWT (see service.web.health, service.web.metrics)
