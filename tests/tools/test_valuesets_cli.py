@@ -111,4 +111,22 @@ def test_an_unusable_site_folder_is_a_configuration_error(tmp_path):
 
 def test_the_rule_scan_finds_the_names_the_rules_use():
     names = {name for _, name in rule_names()}
-    assert {"aneurysm", "psychosis", "cns_depressants", "ketamine_allergy"} <= names
+    assert {"aneurysm", "psychosis", "ketamine_drug", "esketamine_drug"} <= names
+    assert len(names) > 30  # the scan still sees the rules (every R/P rule reads a concept)
+
+
+def test_the_rule_scan_reads_helpers_tuples_and_loops():
+    import ast
+
+    from service.tools.cli.valuesets import _names_in
+
+    source = """
+def medications(ev, drug_class): ...
+def f(ev):
+    _interaction(ev, ("opioids", "maois"), "x y")
+    for c in ("lamotrigine", "clonidine"):
+        medications(ev, c)
+    return [m for m in ms if m.valueset in ("glaucoma",)]
+"""
+    found = set(_names_in(ast.parse(source), {"medications", "_interaction"}))
+    assert found == {"opioids", "maois", "lamotrigine", "clonidine", "glaucoma"}

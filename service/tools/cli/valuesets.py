@@ -25,19 +25,11 @@ DIR_OPTION = click.option(
     help="Site folder of ValueSet JSON files (default: KCDS_VALUESETS_DIR).",
 )
 
-#: calls in the rule and record modules whose string arguments name a value set or concept
-NAMING_CALLS = frozenset(
-    {
-        "found",
-        "current",
-        "conditions_in",
-        "member",
-        "codes",
-        "loinc_codes",
-        "_label_ci",
-        "_info",
-        "_interaction",
-    }
+#: the terminology's own calls whose string arguments name a value set or concept
+NAMING_CALLS = frozenset({"member", "codes", "loinc_codes"})
+#: a function of the scanned modules with a parameter of one of these names is a naming call
+NAMING_PARAMETERS = frozenset(
+    {"valueset", "valuesets", "concept", "concepts", "conditions", "drug_class", "classes"}
 )
 #: attributes that, compared with a string, name a value set or concept
 NAMING_ATTRIBUTES = frozenset({"valueset", "drug_class"})
@@ -151,34 +143,59 @@ def show(key: str, folder: str | None, as_json: bool) -> None:
 
 def rule_names() -> Iterator[tuple[str, str]]:
     """(module, name) for every value set or concept name the rule and record modules pass
-    to a naming call or compare with ``.valueset`` / ``.drug_class``."""
+    to a naming call (the terminology's, or any function of theirs with a ``valueset``,
+    ``concept``, ``drug_class``, … parameter), directly, in a tuple, or through a loop over a
+    tuple of names, or compare with ``.valueset`` / ``.drug_class``."""
     engine = resources.files("service.engine")
-    modules = [engine / "rules", engine / "record"]
-    for folder in modules:
-        if not folder.is_dir():
-            continue
-        for item in sorted(folder.iterdir(), key=lambda p: p.name):
-            if item.name.endswith(".py"):
-                yield from _names_in(f"{folder.name}/{item.name}", item.read_text("utf-8"))
+    sources: dict[str, ast.Module] = {}
+    for folder in (engine / "rules", engine / "record"):
+        if folder.is_dir():
+            for item in sorted(folder.iterdir(), key=lambda p: p.name):
+                if item.name.endswith(".py"):
+                    sources[f"{folder.name}/{item.name}"] = ast.parse(item.read_text("utf-8"))
+    calls = set(NAMING_CALLS)
+    for tree in sources.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                params = {a.arg for a in [*node.args.args, *node.args.kwonlyargs]}
+                if params & NAMING_PARAMETERS:
+                    calls.add(node.name)
+    for module, tree in sources.items():
+        for name in _names_in(tree, calls):
+            yield module, name
 
 
-def _names_in(module: str, source: str) -> Iterator[tuple[str, str]]:
-    for node in ast.walk(ast.parse(source)):
-        strings: list[ast.expr] = []
+def _strings(node: ast.expr) -> list[str]:
+    elements = node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else [node]
+    return [
+        e.value
+        for e in elements
+        if isinstance(e, ast.Constant)
+        and isinstance(e.value, str)
+        and e.value.isidentifier()
+        and e.value.islower()
+    ]
+
+
+def _names_in(tree: ast.Module, calls: set[str]) -> Iterator[str]:
+    loops: dict[str, list[str]] = {}  # loop variable → the names of the tuple it runs over
+    for node in ast.walk(tree):
+        if isinstance(node, ast.For | ast.comprehension) and isinstance(node.target, ast.Name):
+            loops.setdefault(node.target.id, []).extend(_strings(node.iter))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name in NAMING_CALLS:
-                strings = [*node.args, *(k.value for k in node.keywords)]
+            if name in calls:
+                for arg in [*node.args, *(k.value for k in node.keywords)]:
+                    yield from _strings(arg)
+                    if isinstance(arg, ast.Name):
+                        yield from loops.get(arg.id, ())
         elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             if any(isinstance(s, ast.Attribute) and s.attr in NAMING_ATTRIBUTES for s in sides):
-                for s in sides:
-                    strings.extend(s.elts if isinstance(s, ast.Tuple | ast.List | ast.Set) else [s])
-        for s in strings:
-            value = s.value if isinstance(s, ast.Constant) else None
-            if isinstance(value, str) and value.isidentifier() and value.islower():
-                yield module, value
+                for side in sides:
+                    yield from _strings(side)
 
 
 @valuesets.command("check")
