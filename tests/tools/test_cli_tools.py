@@ -315,7 +315,7 @@ def test_policy_validate(tmp_path):
 
 # -- docs/integration.md stays true ------------------------------------------------------------
 
-DOC = ROOT.parent / "docs" / "integration.md"
+DOC = ROOT.resolve().parent / "docs" / "integration.md"  # ROOT: the package's link to fixtures/
 
 
 def test_the_integration_guide_rule_table_is_the_catalogue():
