@@ -36,6 +36,8 @@ from .terminology import load_yaml
 
 RULE_SYSTEM = "urn:ketamine-cds:rule"
 PLAN_RULES = ("R37", "R38", "P01")  # the info card the other info findings fold into
+#: the ``appContext`` of the course view link: which view of the SMART app to open
+COURSE_VIEW = "course-view"
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 
@@ -96,6 +98,9 @@ class RenderContext:
     snoozed: Snoozed = field(default_factory=dict)
     #: warning cards offer the snooze reasons (only while a registry can honour them)
     snooze_offered: bool = False
+    #: the SMART launch URL of the course view, when the web layer has SMART configured: the
+    #: plan and course cards then link to it (issue 16)
+    course_view_url: str | None = None
 
     def snoozed_until(self, finding: Finding) -> datetime | None:
         """The end of the snooze hiding this finding's card; None when it shows. Only a
@@ -104,6 +109,14 @@ class RenderContext:
         if finding.severity != "warning" or drug is None:
             return None
         return self.snoozed.get((drug, finding.rule_id))
+
+
+def _course_view_link(main: Finding, ctx: RenderContext) -> tuple[Link, ...]:
+    """The SMART link to the course view, on the plan card (order-sign) and the course card
+    (patient-view) only, and only when SMART is configured."""
+    if ctx.course_view_url is None or main.rule_id not in PLAN_RULES:
+        return ()
+    return (Link("Open the course view", ctx.course_view_url, "smart", COURSE_VIEW),)
 
 
 @cache
@@ -245,6 +258,7 @@ def _card(
             Link(
                 f"Rule {rule.id} in the ketamine-cds catalogue", f"{ctx.base_url}/rules/{rule.id}"
             ),
+            *_course_view_link(main, ctx),
         ),
         extension={
             "ketamine-cds.rules": rule_ids,

@@ -36,12 +36,14 @@ class KetamineCDS:
         clock: Clock,
         recorder: Recorder | None = None,
         snoozes: SnoozeSource | None = None,
+        course_view_url: str | None = None,
     ):
         self.terminology = terminology
         self.policy = policy
         self.clock = clock  # injected: the engine never reads the time itself
         self.recorder = recorder
         self.snoozes = snoozes  # the registry's snooze overrides (spec §7 v2); None: off
+        self.course_view_url = course_view_url  # the SMART course view's launch URL, if any
         self.builder = RecordBuilder(terminology, policy.rating_scale_loinc)
         self.prefetch = templates(sorted(self.builder.observation_codes))
 
@@ -168,6 +170,7 @@ class KetamineCDS:
             drugs=drugs,
             snoozed=look_up(self.snoozes, patient_id, set(drugs.values()), now),
             snooze_offered=self.snoozes is not None,
+            course_view_url=self.course_view_url,
         )
         cards = render(findings, orders, ctx)
         req.log_fields["rules"] = sorted({f.rule_id for f in findings})

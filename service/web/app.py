@@ -33,7 +33,7 @@ from .course import course_blueprint
 from .health import health_blueprint
 from .metrics import Metrics, metrics_blueprint
 from .preview import preview_blueprint, preview_enabled
-from .smart import SmartSettings
+from .smart import SmartSettings, course_view_url
 
 log = logging.getLogger("service.web.app")
 
@@ -57,7 +57,9 @@ def build_engine(
         terminology = load_terminology(settings.valuesets_dir, site.extra_codes, site.extra_drugs)
     except ValueSetError as e:  # a bad KCDS_VALUESETS_DIR or site ValueSet file
         raise ConfigError(str(e)) from None
-    return KetamineCDS(terminology, site, clock or utc_now, recorder, snoozes)
+    return KetamineCDS(
+        terminology, site, clock or utc_now, recorder, snoozes, course_view_url(settings)
+    )
 
 
 def warm_up(engine: KetamineCDS) -> None:
@@ -153,7 +155,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         )
     smart = SmartSettings.of(settings)
     if smart is not None:  # the SMART course view (KCDS_SMART_CLIENT_ID; docs/smart.md)
-        app.register_blueprint(course_blueprint(smart, engine, settings, clock))
+        app.register_blueprint(course_blueprint(smart, engine, settings))
     if registry and settings.admin_token:
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
     # probes and metrics: no caller JWT (see service.web.health, service.web.metrics)

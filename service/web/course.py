@@ -299,15 +299,10 @@ def _patient_name(patient: dict | None) -> str:
     return "the patient in context"
 
 
-def course_blueprint(
-    smart: SmartSettings,
-    engine: KetamineCDS,
-    settings: Settings,
-    clock: Callable[[], datetime] | None = None,
-) -> Blueprint:
+def course_blueprint(smart: SmartSettings, engine: KetamineCDS, settings: Settings) -> Blueprint:
     """The SMART routes serving the course view, reading from the allow-listed issuers with
-    the service's FHIR fetch limits. The engine's rules and policy, but nothing recorded."""
-    unrecorded = KetamineCDS(engine.terminology, engine.policy, clock=clock)
+    the service's FHIR fetch limits. The engine's rules, policy and clock, nothing recorded."""
+    unrecorded = KetamineCDS(engine.terminology, engine.policy, engine.clock)
     client = FhirClient(
         FetchSettings(
             timeout=settings.fhir_timeout,
@@ -317,5 +312,4 @@ def course_blueprint(
             limits=InputLimits(max_entries=settings.max_prefetch_resources),
         )
     )
-    view = CourseView(unrecorded, client, settings.public_url or "", unrecorded.clock)
-    return smart_blueprint(smart, view)
+    return smart_blueprint(smart, CourseView(unrecorded, client, smart.public_url, engine.clock))

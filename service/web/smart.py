@@ -62,7 +62,7 @@ class SmartSettings:
     scopes: str | None
     client_secret: str | None = field(repr=False)
     session_key: str = field(repr=False)
-    redirect_uri: str
+    public_url: str
     session_ttl: float
     timeout: float
 
@@ -97,10 +97,19 @@ class SmartSettings:
             scopes=settings.smart_scopes,
             client_secret=settings.smart_client_secret,
             session_key=settings.session_key,
-            redirect_uri=settings.public_url.rstrip("/") + "/smart/callback",
+            public_url=settings.public_url.rstrip("/"),
             session_ttl=settings.smart_session_ttl,
             timeout=settings.fhir_timeout,
         )
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + "/smart/callback"
+
+    @property
+    def launch_url(self) -> str:
+        """The URL the EHR launches (the cards' ``smart`` link)."""
+        return self.public_url + "/smart/launch"
 
     def client(self, scope: str) -> OAuth2Session:
         """Authlib's OAuth 2 client for one authorization: PKCE S256, and a public client
@@ -165,6 +174,12 @@ class SessionStore:
     def drop(self, sid: str) -> None:
         with self._lock:
             self._items.pop(sid, None)
+
+
+def course_view_url(settings: Settings) -> str | None:
+    """The course view's launch URL for the cards; None when SMART is off."""
+    smart = SmartSettings.of(settings)
+    return smart.launch_url if smart else None
 
 
 class Refusal(Exception):
