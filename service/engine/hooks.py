@@ -168,7 +168,10 @@ class KetamineCDS:
             req.base_url,
             self.policy.version,
             drugs=drugs,
-            snoozed=look_up(self.snoozes, patient_id, set(drugs.values()), now),
+            # only a warning can be snoozed: a response without one asks the registry nothing
+            snoozed=look_up(self.snoozes, patient_id, set(drugs.values()), now)
+            if any(f.severity == "warning" for f in findings)
+            else {},
             snooze_offered=self.snoozes is not None,
             course_view_url=self.course_view_url,
         )
