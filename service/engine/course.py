@@ -115,7 +115,7 @@ def limits(ev: Evaluation) -> Limits:
         bp_caution=(p.bp_caution_systolic, p.bp_caution_diastolic),
         bp_hazard=(p.bp_hazard_systolic, p.bp_hazard_diastolic),
         response_threshold=p.response_threshold,
-        remission_score=p.thresholds.get("remission_score"),
+        remission_score=p.remission_score,
         max_per_30d=p.ketamine_max_per_30d,
         course_days=course_days,
     )

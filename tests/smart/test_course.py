@@ -4,6 +4,7 @@ baseline, frequency against the policy, and the gaps in words."""
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
@@ -145,3 +146,18 @@ def test_no_course_no_sessions():
     resources = [r for r in course_patient() if r["resourceType"] != "MedicationAdministration"]
     _, c = evaluate(resources)
     assert c.sessions == () and c.course_days is None and c.busiest_30_days == 0
+
+
+def test_a_site_remission_score_draws_the_remission_line(tmp_path):
+    from service.web.course import scores_chart
+
+    site = tmp_path / "policy.yaml"
+    site.write_text("version: site-remission\nthresholds:\n  remission_score: 5\n")
+    e = build_engine(Settings.from_env({"KCDS_AUTH": "off", "KCDS_POLICY_FILE": str(site)}))
+    resources = course_patient()
+    record = e.builder.build(PATIENT, {"all": resources}, {})
+    ev = Evaluation(record, None, e.policy, e.terminology, datetime.now(UTC), "patient-view")
+    c = course(ev, administration_index(resources))
+    assert c.limits.remission_score == 5
+    svg = base64.b64decode(scores_chart(c).svg.split(",", 1)[1]).decode()
+    assert "remission &lt; 5" in svg and "response ≤ 10.5" in svg
