@@ -30,6 +30,7 @@ Metrics: prometheus-client's multiprocess mode needs a directory shared by the w
 library requires. A worker's files are marked dead when it exits.
 """
 
+import gc
 import os
 import shutil
 import tempfile
@@ -73,6 +74,20 @@ else:  # values left by an earlier run would be added to this one's
     for _name in os.listdir(_dir):
         if _name.endswith(".db"):
             os.remove(os.path.join(_dir, _name))
+
+
+def when_ready(server):
+    """In the master, the app loaded (``preload_app``), before the first fork: what start-up
+    left for the garbage collector is collected once."""
+    gc.collect()
+
+
+def pre_fork(server, worker):
+    """In the master, before each fork: every object so far (the app, the policy, the value
+    sets, the ``fhir.resources`` models: ~250,000) moves to the permanent generation, so the
+    workers' full collections no longer traverse it (M: 0.77 ms of GC per request before,
+    0.004 ms after; issue 15) nor write to the pages they share with the master."""
+    gc.freeze()
 
 
 def child_exit(server, worker):
