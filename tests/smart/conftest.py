@@ -66,6 +66,8 @@ def ehr() -> Iterator[Ehr]:
 def _fresh_knobs(ehr: Ehr) -> None:
     ehr.forge_state = ehr.deny = False
     ehr.expires_in = 3600
+    ehr.permission_v2 = True
+    ehr.client_secret = None
 
 
 def smart_env(ehr: Ehr, port: int) -> dict[str, str]:

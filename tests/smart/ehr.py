@@ -48,6 +48,7 @@ class Ehr:
     forge_state: bool = False
     deny: bool = False
     permission_v2: bool = True
+    client_secret: str | None = None  # set: the client must authenticate (client_secret_basic)
     codes: dict[str, Issued] = field(default_factory=dict)
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token → patient, expiry
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
@@ -133,6 +134,12 @@ class Ehr:
         form = dict(request.form)
         self.token_requests.append(form)
         issued = self.codes.pop(form.get("code", ""), None)
+        client_id = form.get("client_id")
+        if self.client_secret is not None:
+            basic = base64.b64encode(f"{CLIENT_ID}:{self.client_secret}".encode()).decode()
+            if request.headers.get("Authorization") != f"Basic {basic}":
+                return self._json({"error": "invalid_client"}, 401)
+            client_id = CLIENT_ID
         verifier = form.get("code_verifier", "")
         challenge = (
             base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
@@ -142,7 +149,7 @@ class Ehr:
         if (
             form.get("grant_type") != "authorization_code"
             or issued is None
-            or form.get("client_id") != CLIENT_ID
+            or client_id != CLIENT_ID
             or form.get("redirect_uri") != issued.redirect_uri
             or challenge != issued.challenge
         ):

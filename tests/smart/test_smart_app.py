@@ -1,0 +1,139 @@
+"""The SMART launch in process (Flask's test client as the browser, the loopback EHR over
+real HTTP): the confidential client, the v1 scope fallback, a token the FHIR server stops
+accepting, the configuration checks and the session store's expiry."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from service.config import ConfigError, Settings
+from service.web.app import create_app
+from service.web.smart import Grant, Launch, SessionStore, SmartSettings
+
+from .conftest import PATIENT, SESSION_KEY
+from .ehr import CLIENT_ID, Ehr
+
+SECRET = "a-confidential-client-secret"
+
+
+def app_for(ehr: Ehr, **extra: str):
+    env = {
+        "KCDS_AUTH": "off",
+        "KCDS_REGISTRY": "off",
+        "KCDS_PUBLIC_URL": "http://cds.test",
+        "KCDS_SMART_CLIENT_ID": CLIENT_ID,
+        "KCDS_SMART_ISSUERS": ehr.fhir,
+        "KCDS_SESSION_KEY": SESSION_KEY,
+        **extra,
+    }
+    return create_app(Settings.from_env(env)).test_client()
+
+
+def launched(client, ehr: Ehr):
+    """Launch, authorize at the EHR, come back: the answer of GET /smart/course."""
+    start = client.get(
+        "/smart/launch", query_string={"iss": ehr.fhir, "launch": ehr.launch(PATIENT)}
+    )
+    assert start.status_code == 302, start.get_data(as_text=True)
+    back = requests.get(start.headers["Location"], allow_redirects=False, timeout=10)
+    assert back.status_code == 302, back.text
+    callback = urlsplit(back.headers["Location"])
+    assert callback.path == "/smart/callback"
+    done = client.get(f"{callback.path}?{callback.query}")
+    assert done.status_code == 302, done.get_data(as_text=True)
+    return client.get(done.headers["Location"])
+
+
+def test_a_confidential_client_authenticates_with_its_secret(ehr):
+    ehr.client_secret = SECRET
+    view = launched(app_for(ehr, KCDS_SMART_CLIENT_SECRET=SECRET), ehr)
+    assert view.status_code == 200
+    assert "client_secret" not in ehr.token_requests[-1]  # in the Basic header, not the body
+
+
+def test_a_public_client_cannot_pass_a_confidential_server(ehr):
+    ehr.client_secret = SECRET
+    client = app_for(ehr)
+    start = client.get(
+        "/smart/launch", query_string={"iss": ehr.fhir, "launch": ehr.launch(PATIENT)}
+    )
+    back = requests.get(start.headers["Location"], allow_redirects=False, timeout=10)
+    callback = urlsplit(back.headers["Location"])
+    refused = client.get(f"{callback.path}?{callback.query}")
+    assert refused.status_code == 403
+    assert "invalid_client" in refused.get_data(as_text=True)
+
+
+def test_a_server_without_smart_v2_is_asked_for_v1_scopes(ehr):
+    ehr.permission_v2 = False
+    assert launched(app_for(ehr), ehr).status_code == 200
+    assert ehr.authorize_requests[-1]["scope"] == "launch openid fhirUser patient/*.read"
+
+
+def test_configured_scopes_are_asked_as_they_are(ehr):
+    scopes = "launch openid patient/Observation.rs patient/MedicationAdministration.rs"
+    launched(app_for(ehr, KCDS_SMART_SCOPES=scopes), ehr)
+    assert ehr.authorize_requests[-1]["scope"] == scopes
+
+
+def test_a_token_the_fhir_server_no_longer_accepts_ends_the_view(ehr):
+    client = app_for(ehr)
+    assert launched(client, ehr).status_code == 200
+    ehr.tokens.clear()  # revoked at the EHR
+    again = client.get("/smart/course")
+    assert again.status_code == 401
+    assert "no longer accepts this session" in again.get_data(as_text=True)
+
+
+def test_smart_is_off_without_a_client_id():
+    client = create_app(Settings(auth="off", registry=False)).test_client()
+    assert client.get("/smart/launch?iss=x&launch=y").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"KCDS_SMART_ISSUERS": ""}, "KCDS_SMART_ISSUERS"),
+        ({"KCDS_SMART_ISSUERS": "ftp://ehr.example.org"}, "KCDS_SMART_ISSUERS"),
+        ({"KCDS_SESSION_KEY": ""}, "KCDS_SESSION_KEY"),
+        ({"KCDS_PUBLIC_URL": ""}, "KCDS_PUBLIC_URL"),
+    ],
+)
+def test_a_smart_configuration_that_cannot_work_names_the_variable(env, named):
+    full = {
+        "KCDS_SMART_CLIENT_ID": CLIENT_ID,
+        "KCDS_SMART_ISSUERS": "https://ehr.example.org/fhir",
+        "KCDS_SESSION_KEY": SESSION_KEY,
+        "KCDS_PUBLIC_URL": "https://cds.example.org",
+        **env,
+    }
+    with pytest.raises(ConfigError, match=named):
+        SmartSettings.of(Settings.from_env(full))
+
+
+def test_a_short_session_key_is_refused():
+    with pytest.raises(ConfigError, match="KCDS_SESSION_KEY must be at least 32"):
+        Settings.from_env({"KCDS_SESSION_KEY": "short"})
+
+
+def test_sessions_expire_and_are_purged():
+    now = [1000.0]
+    store = SessionStore(clock=lambda: now[0])
+    launch = store.put(Launch("https://ehr/fhir", "https://ehr/token", "launch", "s", "v", 1600))
+    grant = store.put(Grant("https://ehr/fhir", "p1", "token", 1100))
+    assert isinstance(store.get(launch), Launch) and isinstance(store.get(grant), Grant)
+    now[0] = 1100.0
+    assert store.get(grant) is None  # expired at its time
+    assert store.get(launch) is not None
+    now[0] = 1700.0
+    store.put(Grant("https://ehr/fhir", "p2", "token-2", 5000))  # purges the expired
+    assert store.get(launch) is None
+    store.drop("no-such-session")
+
+
+def test_the_grant_does_not_show_its_token():
+    grant = Grant("https://ehr/fhir", "p1", "secret-token-value", 1.0)
+    assert "secret-token-value" not in repr(grant) and "p1" not in repr(grant)
