@@ -372,6 +372,8 @@ class Terminology:
         if unknown:
             raise ValueSetError(f"valuesets.yaml: aliases name unknown concepts {sorted(unknown)}")
         self._cache: dict[Any, tuple[ConceptMatch, ...]] = {}
+        # checked here, so a site set that drops a listed LOINC code fails at start-up
+        self._loinc_filters = self._read_loinc_lists()
         self._ingredient_cache: dict[Any, tuple[Ingredient, ...]] = {}
 
     # -- building -----------------------------------------------------------------------
@@ -401,9 +403,7 @@ class Terminology:
         drop = _compile([spec["display_not"]]) if spec.get("display_not") else None
         for key in sets:
             for m in self.valuesets[key].members:
-                system = self.short.get(m.system)
-                if system is None:
-                    continue
+                system = self.short.get(m.system, m.system)  # a local system by its URI
                 if keep is not None and not keep.search(m.display):
                     continue
                 if drop is not None and drop.search(m.display):
@@ -492,9 +492,9 @@ class Terminology:
         found: dict[str, ConceptMatch] = {}
         coded_in: set[str] = set()  # code_decides systems the entry is coded in
         for system_uri, code, display in codings:
-            system = self.short.get(system_uri or "")
-            if system is None or not code:
+            if not system_uri or not code:
                 continue
+            system = self.short.get(system_uri, system_uri)  # a local system by its URI
             if system in self.code_decides:
                 coded_in.add(system)
             ref = CodeRef(system, code, display)
@@ -620,6 +620,9 @@ class Terminology:
     def loinc_filters(self) -> dict[str, re.Pattern[str] | None]:
         """Every listed LOINC code → ``None`` when a value set holds it unflagged (counts on
         the code), else the list's text that must confirm it (a gap or a flagged code)."""
+        return dict(self._loinc_filters)
+
+    def _read_loinc_lists(self) -> dict[str, re.Pattern[str] | None]:
         out: dict[str, re.Pattern[str] | None] = {}
         for name, spec in self.loinc.items():
             confirm = _compile(spec.get("text") or ())
@@ -628,8 +631,9 @@ class Terminology:
                     out[code] = None
                 elif confirm is None:
                     raise ValueSetError(
-                        f"valuesets.yaml loinc.{name}: {code} is in no value set and the list "
-                        "has no text to confirm it"
+                        f"valuesets.yaml loinc.{name}: {code} is in no loaded value set (a site "
+                        "set may have replaced the one holding it) and the list has no text to "
+                        "confirm it"
                     )
                 else:
                     out[code] = confirm

@@ -246,6 +246,34 @@ def test_a_site_set_can_extend_the_shipped_one_by_including_it(tmp_path):
     assert terms.member(coded(ICD, "Q28.2"), "avm").how is MatchedOn.CODE
 
 
+def test_a_site_set_of_local_codes_matches_them_in_their_own_system(tmp_path):
+    doc = {
+        "resourceType": "ValueSet",
+        "id": "aneurysm",
+        "compose": {
+            "include": [
+                {"system": LOCAL, "concept": [{"code": "AN-7", "display": "Aneurysm (local)"}]},
+                {"valueSet": ["urn:ketamine-cds:ValueSet:aneurysm"]},
+            ]
+        },
+    }
+    (tmp_path / "aneurysm.json").write_text(json.dumps(doc), "utf-8")
+    terms = load_terminology(tmp_path)
+    m = terms.member(coded(LOCAL, "AN-7"), "aneurysm")
+    assert m and m.how is MatchedOn.CODE and m.coding.system == LOCAL
+
+
+def test_a_site_set_that_drops_a_loinc_code_the_rules_read_fails_at_start(tmp_path):
+    doc = {
+        "resourceType": "ValueSet",
+        "id": "obs-blood-pressure",
+        "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": "8480-6"}]}]},
+    }
+    (tmp_path / "bp.json").write_text(json.dumps(doc), "utf-8")
+    with pytest.raises(ValueSetError, match=r"loinc\.bp_panel: 85354-9 is in no loaded"):
+        load_terminology(tmp_path)
+
+
 def test_a_site_folder_adds_a_set_with_a_new_id(tmp_path):
     bundle = {
         "resourceType": "Bundle",
