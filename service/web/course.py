@@ -36,7 +36,14 @@ from service.engine.hooks import KetamineCDS
 from service.engine.rules import Evaluation
 
 from .preview import view_card
-from .smart import Grant, Refusal, SmartSettings, smart_blueprint, token_refused
+from .smart import (
+    Grant,
+    Refusal,
+    SmartSettings,
+    session_store,
+    smart_blueprint,
+    token_refused,
+)
 
 # set once for the process: text stays text in the SVG (smaller, sharp, searchable), and ids
 # are stable between renders
@@ -312,4 +319,5 @@ def course_blueprint(smart: SmartSettings, engine: KetamineCDS, settings: Settin
             limits=InputLimits(max_entries=settings.max_prefetch_resources),
         )
     )
-    return smart_blueprint(smart, CourseView(unrecorded, client, smart.public_url, engine.clock))
+    view = CourseView(unrecorded, client, smart.public_url, engine.clock)
+    return smart_blueprint(smart, view, session_store(settings, smart))

@@ -10,8 +10,10 @@ The OAuth 2 client is Authlib's (``OAuth2Session``: state, PKCE, client authenti
 nothing of OAuth is written here. The token stays on the server: the browser holds a cookie
 with an opaque session id only, signed with ``KCDS_SESSION_KEY`` (itsdangerous, as Flask signs
 its sessions), HttpOnly, SameSite=Lax, Secure on https, path ``/smart``. The session (the token,
-the patient in context) lives in this process's memory until it expires: the token's own
-``expires_in`` or ``KCDS_SMART_SESSION_TTL``, whichever comes first. Tokens, codes and patient
+the patient in context) is kept until it expires (the token's own ``expires_in`` or
+``KCDS_SMART_SESSION_TTL``, whichever comes first) in the registry's database, encrypted, so
+that every worker sees it (:class:`SqlSessionStore`), or with the registry off in this
+process's memory (:class:`SessionStore`). Tokens, codes and patient
 ids are never logged. Refusals are pages that say what happened: 400 (launch without
 parameters), 401 (no session, expired, token refused), 403 (issuer not allowed, ``state``
 mismatch, authorization refused, another patient asked for), 502 (the EHR's server failed).
@@ -19,24 +21,33 @@ mismatch, authorization refused, another patient asked for), 502 (the EHR's serv
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import math
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc6749.errors import MismatchingStateException, MissingCodeException
+from cryptography.fernet import Fernet, InvalidToken
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, TimestampSigner
+from sqlalchemy import text as sql_text
+from sqlalchemy.exc import SQLAlchemyError
 
+from cds_hooks.replay import _sql_engine
 from service.config import ConfigError, Settings
 
 log = logging.getLogger("service.web.smart")
@@ -47,6 +58,7 @@ SCOPES_V1 = "launch openid fhirUser patient/*.read"
 #: an authorization must come back within this many seconds of the launch
 LAUNCH_SECONDS = 600
 COOKIE = "kcds_smart"
+SESSION_TABLE = "kcds_smart_session"
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
@@ -124,6 +136,14 @@ class SmartSettings:
         )
 
 
+class Refusal(Exception):
+    """A request the course view refuses, with the page that says why."""
+
+    def __init__(self, status: int, title: str, message: str):
+        super().__init__(title)
+        self.status, self.title, self.message = status, title, message
+
+
 @dataclass(frozen=True)
 class Launch:
     """Between /smart/launch and /smart/callback."""
@@ -182,12 +202,100 @@ def course_view_url(settings: Settings) -> str | None:
     return smart.launch_url if smart else None
 
 
-class Refusal(Exception):
-    """A request the course view refuses, with the page that says why."""
+class SqlSessionStore:
+    """Launches and grants in a table of the registry's database, so that every gunicorn
+    worker and instance sees them (a launch answered by one worker, its callback by another).
 
-    def __init__(self, status: int, title: str, message: str):
-        super().__init__(title)
-        self.status, self.title, self.message = status, title, message
+    The row key is a SHA-256 of the session id (the cookie's value is never in the database)
+    and the row itself is encrypted with a key derived from ``KCDS_SESSION_KEY`` (Fernet:
+    AES-CBC + HMAC), so the database holds no readable token or patient id; rows are deleted
+    when used up and purged once expired. An unreachable database refuses with a 503 page.
+    """
+
+    def __init__(self, url: str, session_key: str, clock: Clock = time.time):
+        self._engine = _sql_engine(url)
+        self._fernet = Fernet(
+            base64.urlsafe_b64encode(
+                hashlib.sha256(b"ketamine-cds smart store\0" + session_key.encode()).digest()
+            )
+        )
+        self.clock = clock
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._created = False
+        with suppress(Refusal):  # the database down at start: the table is made at first use
+            self._create()
+        self._engine.dispose()  # no connection across gunicorn's fork
+
+    def _create(self) -> None:
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {SESSION_TABLE} ("
+            " key text PRIMARY KEY, item text NOT NULL, expires_at double precision NOT NULL)"
+        )
+        self._created = True
+
+    def _run(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+        if self._pid != os.getpid():  # a forked worker: never use the parent's connections
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._engine.dispose(close=False)
+                    self._pid = os.getpid()
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(sql_text(statement), params or {})
+                return list(result) if result.returns_rows else []
+        except SQLAlchemyError as error:
+            log.error("smart session store unavailable", extra={"error_type": type(error).__name__})
+            raise Refusal(
+                503,
+                "The course view is unavailable",
+                "Its session store (the registry's database) cannot be reached. Try again "
+                "in a moment.",
+            ) from None
+
+    @staticmethod
+    def _key(sid: str) -> str:
+        return hashlib.sha256(sid.encode()).hexdigest()
+
+    def put(self, item: Launch | Grant) -> str:
+        if not self._created:
+            self._create()
+        sid = secrets.token_urlsafe(32)
+        kind = "launch" if isinstance(item, Launch) else "grant"
+        sealed = self._fernet.encrypt(orjson.dumps({"kind": kind, **asdict(item)})).decode()
+        self._run(f"DELETE FROM {SESSION_TABLE} WHERE expires_at <= :now", {"now": self.clock()})
+        self._run(
+            f"INSERT INTO {SESSION_TABLE} (key, item, expires_at) VALUES (:key, :item, :expires)",
+            {"key": self._key(sid), "item": sealed, "expires": item.expires},
+        )
+        return sid
+
+    def get(self, sid: str) -> Launch | Grant | None:
+        if not self._created:
+            self._create()
+        rows = self._run(
+            f"SELECT item FROM {SESSION_TABLE} WHERE key = :key AND expires_at > :now",
+            {"key": self._key(sid), "now": self.clock()},
+        )
+        if not rows:
+            return None
+        try:
+            fields_ = orjson.loads(self._fernet.decrypt(rows[0][0].encode()))
+        except InvalidToken:  # written under another KCDS_SESSION_KEY: as good as gone
+            return None
+        kind = fields_.pop("kind")
+        return Launch(**fields_) if kind == "launch" else Grant(**fields_)
+
+    def drop(self, sid: str) -> None:
+        self._run(f"DELETE FROM {SESSION_TABLE} WHERE key = :key", {"key": self._key(sid)})
+
+
+def session_store(settings: Settings, smart: SmartSettings) -> SessionStore | SqlSessionStore:
+    """The registry's database while the registry is on (shared by workers and instances);
+    this process's memory otherwise (one worker only: ``KCDS_WORKERS=1``)."""
+    if settings.registry:
+        return SqlSessionStore(settings.database_url, smart.session_key)
+    return SessionStore()
 
 
 @dataclass(frozen=True)
@@ -240,7 +348,7 @@ def discover(issuer: str, timeout: float) -> Endpoints:
 def smart_blueprint(
     smart: SmartSettings,
     show_course: Callable[[Grant], str],
-    store: SessionStore | None = None,
+    store: SessionStore | SqlSessionStore | None = None,
 ) -> Blueprint:
     """The SMART routes. ``show_course`` renders the course view for a grant (the web layer's
     :func:`service.web.course.course_page`); it may raise :class:`Refusal`."""

@@ -82,8 +82,10 @@ def smart_env(ehr: Ehr, port: int) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def service(tmp_path_factory, ehr: Ehr) -> Iterator[Server]:
     port = free_port()
+    # two workers, the registry on: launch, callback and view may each meet another worker,
+    # and the sessions are shared through the registry's database
     server = start_gunicorn(
-        tmp_path_factory.mktemp("smart"), smart_env(ehr, port), workers=1, port=port
+        tmp_path_factory.mktemp("smart"), smart_env(ehr, port), workers=2, port=port
     )
     yield server
     stop(server)

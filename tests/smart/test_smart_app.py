@@ -11,7 +11,14 @@ import requests
 
 from service.config import ConfigError, Settings
 from service.web.app import create_app
-from service.web.smart import Grant, Launch, SessionStore, SmartSettings
+from service.web.smart import (
+    Grant,
+    Launch,
+    Refusal,
+    SessionStore,
+    SmartSettings,
+    SqlSessionStore,
+)
 
 from .conftest import PATIENT, SESSION_KEY
 from .ehr import CLIENT_ID, Ehr
@@ -119,9 +126,18 @@ def test_a_short_session_key_is_refused():
         Settings.from_env({"KCDS_SESSION_KEY": "short"})
 
 
-def test_sessions_expire_and_are_purged():
+@pytest.fixture(params=["memory", "sql"])
+def store_at(request, tmp_path):
+    """A session store of each kind and its clock (a list to move)."""
     now = [1000.0]
-    store = SessionStore(clock=lambda: now[0])
+    if request.param == "memory":
+        return SessionStore(clock=lambda: now[0]), now
+    db = f"sqlite:///{tmp_path}/sessions.db"
+    return SqlSessionStore(db, SESSION_KEY, clock=lambda: now[0]), now
+
+
+def test_sessions_expire_and_are_purged(store_at):
+    store, now = store_at
     launch = store.put(Launch("https://ehr/fhir", "https://ehr/token", "launch", "s", "v", 1600))
     grant = store.put(Grant("https://ehr/fhir", "p1", "token", 1100))
     assert isinstance(store.get(launch), Launch) and isinstance(store.get(grant), Grant)
@@ -137,3 +153,26 @@ def test_sessions_expire_and_are_purged():
 def test_the_grant_does_not_show_its_token():
     grant = Grant("https://ehr/fhir", "p1", "secret-token-value", 1.0)
     assert "secret-token-value" not in repr(grant) and "p1" not in repr(grant)
+
+
+def test_the_sql_store_holds_no_readable_token_patient_or_session_id(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "sessions.db"
+    store = SqlSessionStore(f"sqlite:///{db}", SESSION_KEY)
+    sid = store.put(Grant("https://ehr/fhir", "patient-4711", "bearer-token-0815", 4e9))
+    assert store.get(sid) == Grant("https://ehr/fhir", "patient-4711", "bearer-token-0815", 4e9)
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    for secret in ("patient-4711", "bearer-token-0815", sid):
+        assert secret not in dump
+    # another session key cannot read it: as good as gone
+    assert SqlSessionStore(f"sqlite:///{db}", SESSION_KEY[::-1]).get(sid) is None
+    store.drop(sid)
+    assert store.get(sid) is None
+
+
+def test_an_unreachable_session_database_is_a_503_page_not_a_crash():
+    store = SqlSessionStore("postgresql://postgres@127.0.0.1:1/none", SESSION_KEY)
+    with pytest.raises(Refusal) as refused:
+        store.put(Grant("https://ehr/fhir", "p1", "token", 4e9))
+    assert refused.value.status == 503
