@@ -325,29 +325,41 @@ def code_problem(system: str, code: str) -> str | None:
 def problems(
     site_folder: str | Path | None = None, wanted: Iterable[str] = ()
 ) -> tuple[dict[str, ValueSet], list[str]]:
-    """Everything ``valuesets check`` reports: files that are not valid R4 ValueSets (checked
-    with the fhir.resources R4B models, which accept R4 JSON), malformed codes, and value sets
-    in ``wanted`` (those the rules name) that are not loaded. Raises :class:`ValueSetError`
-    when the sets cannot be loaded at all."""
+    """Everything ``valuesets check`` reports: files that are not readable, not ValueSets or
+    not valid R4 (checked with the fhir.resources R4B models, which accept R4 JSON), sets
+    that cannot be resolved (duplicate ids, unknown includes), malformed codes, and value
+    sets in ``wanted`` that are not loaded. Every file is checked; the loaded sets are empty
+    when a problem keeps them from loading. Raises :class:`ValueSetError` only for a folder
+    that is not one."""
     from fhir.resources.R4B.valueset import ValueSet as R4ValueSet
     from pydantic import ValidationError
 
-    loaded = load(site_folder)
     found: list[str] = []
     docs: list[tuple[Any, str]] = []
     for item in sorted(SHIPPED.iterdir(), key=lambda p: p.name):
         if item.name.endswith(".json"):
             docs.append((json.loads(item.read_text("utf-8")), f"shipped {item.name}"))
-    if site_folder:
-        for path in site_files(site_folder):
+    for path in site_files(site_folder) if site_folder else ():
+        try:
             docs.extend(_documents(path))
+        except ValueSetError as e:
+            found.append(str(e))
     for doc, origin in docs:
         try:
+            parse(doc, origin)
             R4ValueSet.model_validate(doc)
+        except ValueSetError as e:
+            found.append(str(e))
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             found.append(f"{origin}: not a valid R4 ValueSet at {where}: {first['msg']}")
+    if found:
+        return {}, found
+    try:
+        loaded = load(site_folder)
+    except ValueSetError as e:
+        return {}, [str(e)]
     for vs in loaded.values():
         for m in vs.members:
             why = code_problem(m.system, m.code)

@@ -101,8 +101,22 @@ def test_a_concept_whose_set_a_site_emptied_of_its_filtered_codes_is_a_problem(t
     assert "concept 'thyroid_storm' selects no code of ('hyperthyroidism',)" in result.output
 
 
-def test_an_unusable_site_folder_is_a_configuration_error(tmp_path):
+def test_check_reports_every_unusable_file_with_exit_1(tmp_path):
+    (tmp_path / "broken.json").write_text("{", "utf-8")
+    (tmp_path / "patient.json").write_text('{"resourceType": "Patient"}', "utf-8")
+    result = run("check", "--dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert "broken.json: not readable JSON" in result.output
+    assert "patient.json: not a FHIR ValueSet" in result.output
+    assert "2 problem(s)" in result.output
+
+
+def test_a_missing_folder_is_bad_input_as_an_option_and_a_configuration_error_as_a_setting(
+    tmp_path,
+):
     result = run("check", "--dir", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "not a folder" in result.output
+    result = run("check", env={"KCDS_VALUESETS_DIR": str(tmp_path / "missing")})
     assert result.exit_code == 3 and "not a folder" in result.output
     (tmp_path / "broken.json").write_text("{", "utf-8")
     result = run("list", env={"KCDS_VALUESETS_DIR": str(tmp_path)})

@@ -8,6 +8,7 @@ import ast
 import difflib
 from collections.abc import Iterator
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -36,7 +37,10 @@ NAMING_ATTRIBUTES = frozenset({"valueset", "drug_class"})
 
 
 def _folder(folder: str | None) -> str | None:
+    """The site folder: ``--dir``, else KCDS_VALUESETS_DIR (None: the shipped sets only)."""
     if folder is not None:
+        if not Path(folder).is_dir():
+            raise InputError(f"--dir {folder}: not a folder")
         return folder
     from service.config import ConfigError, Settings
 
@@ -47,6 +51,8 @@ def _folder(folder: str | None) -> str | None:
 
 
 def _terminology(folder: str | None) -> Terminology:
+    """The service's terminology with the site folder; a folder or file it cannot use is a
+    configuration error (exit 3), as it would stop the service."""
     from service.engine.terminology import ValueSetError, load_terminology
 
     try:
@@ -198,19 +204,10 @@ def _names_in(tree: ast.Module, calls: set[str]) -> Iterator[str]:
                     yield from _strings(side)
 
 
-@valuesets.command("check")
-@DIR_OPTION
-def check(folder: str | None) -> None:
-    """Every file a valid FHIR R4 ValueSet, every code well-formed for its system (ICD-10-CM,
-    SNOMED CT with its Verhoeff check digit, RxNorm, LOINC with its mod-10 check digit, ATC,
-    NDC), every value set or concept a rule names loaded. Exit 1 on any problem."""
-    from service.engine.valuesets import ValueSetError, problems
-
-    site = _folder(folder)
-    terms = _terminology(site)
-    named = list(rule_names())
+def _concept_problems(terms: Terminology, named: list[tuple[str, str]]) -> list[str]:
+    """Names the rules use that nothing loads, and concepts left without a code."""
     known = {*terms.names(), *terms.loinc, *terms.systems}  # codes(name, "loinc") names a system
-    found: list[str] = []
+    found = []
     if not named:
         found.append("found no value set names in the rule modules: the scan needs updating")
     for module, name in named:
@@ -219,11 +216,31 @@ def check(folder: str | None) -> None:
     for name, concept in sorted(terms.concepts.items()):
         if concept.valuesets and not concept.code_count:
             found.append(f"valuesets.yaml: concept {name!r} selects no code of {concept.valuesets}")
+    return found
+
+
+@valuesets.command("check")
+@DIR_OPTION
+def check(folder: str | None) -> None:
+    """Every file a valid FHIR R4 ValueSet, every code well-formed for its system (ICD-10-CM,
+    SNOMED CT with its Verhoeff check digit, RxNorm, LOINC with its mod-10 check digit, ATC,
+    NDC), every value set or concept a rule names loaded. Exit 1 on any problem."""
+    from service.engine.terminology import load_terminology
+    from service.engine.valuesets import ValueSetError, problems
+
+    site = _folder(folder)
     try:
-        loaded, file_problems = problems(site)
-    except ValueSetError as exc:  # already loaded above; kept for a folder changed meanwhile
+        loaded, found = problems(site)
+    except ValueSetError as exc:  # KCDS_VALUESETS_DIR is not a folder
         raise ConfigProblem(str(exc)) from None
-    found.extend(file_problems)
+    named = list(rule_names())
+    if loaded:
+        try:
+            terms = load_terminology(site)
+        except ValueSetError as exc:  # valuesets.yaml against these sets (LOINC lists, …)
+            found.append(str(exc))
+        else:
+            found.extend(_concept_problems(terms, named))
     codes = sum(len(vs.members) for vs in loaded.values())
     where = f" (site folder {site})" if site else ""
     click.echo(
