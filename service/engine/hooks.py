@@ -6,12 +6,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from cds_hooks.errors import bad_request
 from cds_hooks.models import Response
 from cds_hooks.service import HookRequest, ServiceDefinition
 
 from .cards import RenderContext, render
-from .orders import OrderInvalid, has_ketamine, ketamine_orders
+from .orders import has_ketamine, ketamine_orders
 from .policy import Policy
 from .prefetch import templates
 from .record import RecordBuilder, ketamine_kind
@@ -44,7 +43,7 @@ class KetamineCDS:
         self.recorder = recorder
         self.snoozes = snoozes  # the registry's snooze overrides (spec §7 v2); None: off
         self.course_view_url = course_view_url  # the SMART course view's launch URL, if any
-        self.builder = RecordBuilder(terminology, policy.rating_scale_loinc)
+        self.builder = RecordBuilder(terminology, policy.rating_scale_loinc, policy.bp_pair_minutes)
         self.prefetch = templates(sorted(self.builder.observation_codes))
 
     # -- services -------------------------------------------------------------------------
@@ -119,10 +118,7 @@ class KetamineCDS:
 
     def order_hook(self, req: HookRequest) -> Response:
         only = set(req.context["selections"]) if req.hook == "order-select" else None
-        try:
-            orders = ketamine_orders(self.terminology, req.context["draftOrders"], only)
-        except OrderInvalid as exc:
-            raise bad_request(str(exc), field=exc.field) from None
+        orders = ketamine_orders(self.terminology, req.context["draftOrders"], only)
         if not orders:
             return Response()
         record = self._record(req)

@@ -27,19 +27,19 @@ class Scope(StrEnum):
 
     ANY = "any", "every evaluation", ORDER_HOOKS + COURSE_HOOKS
     ALL = "all", "ketamine and esketamine orders", ORDER_HOOKS
-    K = "K", "ketamine orders (any route)", ORDER_HOOKS
-    KIV = "KIV", "IV ketamine orders (or no route stated)", ORDER_HOOKS
-    E = "E", "esketamine orders", ORDER_HOOKS
+    K = "K", "ketamine orders (any route), and esketamine injected IV/IM", ORDER_HOOKS
+    KIV = "KIV", "IV ketamine orders (or no route stated), and IV esketamine", ORDER_HOOKS
+    E = "E", "esketamine (Spravato) orders", ORDER_HOOKS
     COURSE = "course", "a ketamine/esketamine course on record", COURSE_HOOKS
 
     def covers(self, order: DraftOrder | None) -> bool:
         """Whether a rule of this scope is about ``order`` (``None``: the course, patient-view)."""
         if order is None:
             return True
-        if self is Scope.K:
-            return order.drug == "ketamine"
+        if self is Scope.K:  # ketamine, and esketamine injected (not Spravato: spec §2)
+            return not order.spravato
         if self is Scope.KIV:
             return order.is_iv
-        if self is Scope.E:
-            return order.drug == "esketamine"
+        if self is Scope.E:  # Spravato
+            return order.spravato
         return True

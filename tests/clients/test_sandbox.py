@@ -45,12 +45,6 @@ DEPRESSION = {
     ],
     "text": "Moderate major depression, single episode",
 }
-#: exactly the cases the engine's "readable draft orders" change (issue 12 §3b) decides
-NOT_YET = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 12 §3b (helper A): a readable but R4-invalid draft order is still a 400",
-)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +153,6 @@ def test_order_select_before_a_drug_is_chosen(client, fhir):
     assert hook_call(client, fhir, "ketamine-order-select", context) == {"cards": []}
 
 
-@NOT_YET
 def test_order_select_esketamine_without_intent_and_reason_as_an_object(client, fhir):
     context = order_select_context(PATIENT, rx_view_draft(PATIENT, ESKETAMINE, DEPRESSION))
     answer = hook_call(client, fhir, "ketamine-order-select", context)
@@ -170,14 +163,12 @@ def test_order_select_esketamine_without_intent_and_reason_as_an_object(client, 
     assert not any("observations" in s for s in summaries(answer)), summaries(answer)
 
 
-@NOT_YET
 def test_order_select_with_a_dispense_request_and_category_as_an_object(client, fhir):
     draft = rx_view_draft(PATIENT, ESKETAMINE, DEPRESSION, dispense_days=28)
     answer = hook_call(client, fhir, "ketamine-order-select", order_select_context(PATIENT, draft))
     assert any("{pill}" in s for s in summaries(answer)), summaries(answer)
 
 
-@NOT_YET
 def test_order_sign_of_the_same_draft(client, fhir):
     draft = rx_view_draft(PATIENT, ESKETAMINE, DEPRESSION, dispense_days=28)
     context = order_select_context(PATIENT, draft)

@@ -111,12 +111,6 @@ def test_library_order_examples(client, fhir, name, service):
     assert post(client, f"/cds-services/{service}", body) == {"cards": []}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 12 §3b (helper A): the examples' dosage is not valid R4 (doseAndRate as an "
-    "object in order-select, STU3 doseQuantity in order-sign): a readable order is still a 400",
-)
 @pytest.mark.parametrize(
     "name, service",
     [

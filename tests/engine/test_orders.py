@@ -8,12 +8,13 @@ import copy
 import pytest
 
 from service.config import Settings
-from service.engine.orders import OrderInvalid, has_ketamine, ketamine_orders
+from service.engine.orders import has_ketamine, ketamine_orders
 from service.engine.scope import Scope
 from service.tools.convert import esketamine_order, ketamine_order
 from service.web.app import build_engine
 
 TERMINOLOGY = build_engine(Settings()).terminology
+V3 = "http://terminology.hl7.org/CodeSystem/v3-RouteOfAdministration"
 
 
 def bundle(*resources):
@@ -72,9 +73,9 @@ def test_route_from_text_when_not_coded():
     resource = ketamine_order(35, None, None, patient_id="p1")
     resource["dosageInstruction"][0]["route"] = {"text": "Intramuscular injection"}
     assert one(resource).route == "im"
-    resource["dosageInstruction"][0]["route"] = {"text": "subcutaneous"}
+    resource["dosageInstruction"][0]["route"] = {"text": "intraosseous"}
     order = one(resource)
-    assert (order.route, order.route_text) == ("other", "subcutaneous")
+    assert (order.route, order.route_text) == ("other", "intraosseous")
 
 
 def test_dose_per_kg_and_units_never_guessed():
@@ -122,13 +123,79 @@ def test_medication_reference_to_a_bundle_medication_is_followed():
     assert order.drug == "esketamine"
 
 
-def test_an_invalid_ketamine_order_names_the_field():
-    resource = ketamine_order(patient_id="p1")
+def test_an_invalid_but_readable_order_is_read_and_its_problem_named():
+    """§3b: never a 400 for an order the service can read (the Sandbox sends reasonCode and
+    category as objects)."""
+    resource = ketamine_order(35, "iv", 40, patient_id="p1")
     resource["authoredOn"] = "yesterday"
-    with pytest.raises(OrderInvalid) as caught:
-        ketamine_orders(TERMINOLOGY, bundle(sertraline(), resource), None)
-    assert caught.value.field == "context.draftOrders.entry[1].resource.authoredOn"
-    assert str(caught.value).startswith("context.draftOrders.entry[1].resource.authoredOn: ")
+    resource["category"] = {"text": "inpatient"}
+    resource["reasonCode"] = {"text": "treatment-resistant depression"}
+    [order] = ketamine_orders(TERMINOLOGY, bundle(sertraline(), resource), None)
+    assert (order.dose_mg, order.route, order.minutes) == (35.0, "iv", 40.0)
+    assert order.problem.startswith("`context.draftOrders.entry[1].resource.")
+    assert order.reasons == ({"text": "treatment-resistant depression"},)
+    assert order.authored is None
+    assert one(ketamine_order(35, "iv", 40, patient_id="p1")).problem is None
+
+
+def test_fields_of_the_wrong_shape_are_read_or_left_out_never_raise():
+    resource = ketamine_order(35, "iv", 40, patient_id="p1")
+    resource["dosageInstruction"] = resource["dosageInstruction"][0]  # an object, not a list
+    assert one(resource).dose_mg == 35.0
+    resource["dosageInstruction"] = "35 mg IV"
+    order = one(resource)
+    assert (order.dose, order.route, order.minutes) == (None, None, None)
+    assert order.problem is not None
+
+
+@pytest.mark.parametrize(
+    ("coding", "route"),
+    [
+        ({"system": "http://snomed.info/sct", "code": "78421000"}, "im"),
+        ({"system": "http://snomed.info/sct", "code": "46713006"}, "nasal"),
+        ({"system": V3, "code": "IVINJ"}, "iv"),
+        ({"system": V3, "code": "IM"}, "im"),
+        ({"system": V3, "code": "NASINHL"}, "nasal"),
+        ({"system": V3, "code": "PO"}, "oral"),
+    ],
+)
+def test_routes_are_read_from_snomed_and_v3_codes(coding, route):
+    resource = ketamine_order(35, None, None, patient_id="p1")
+    resource["dosageInstruction"][0]["route"] = {"coding": [coding]}
+    assert one(resource).route == route
+
+
+def test_an_unknown_route_code_is_checked_as_iv_and_said_so():
+    resource = ketamine_order(35, None, 40, patient_id="p1")
+    resource["dosageInstruction"][0]["route"] = {
+        "coding": [{"system": "urn:local:routes", "code": "X7"}]
+    }
+    order = one(resource)
+    assert order.route == "unrecognised" and order.is_iv
+    assert order.route_text == "route code X7"
+
+
+def test_infusion_time_from_the_rate_with_the_dose_or_the_volume():
+    resource = ketamine_order(40, "iv", None, patient_id="p1")
+    dose_and_rate = resource["dosageInstruction"][0]["doseAndRate"][0]
+    dose_and_rate["rateQuantity"] = {"value": 60, "unit": "mg/h"}
+    assert one(resource).minutes == 40.0
+    dose_and_rate["rateQuantity"] = {"value": 150, "unit": "mL/h"}
+    resource["dosageInstruction"][0]["text"] = "40 mg in 100 mL sodium chloride 0.9%"
+    assert one(resource).minutes == 40.0
+    del resource["dosageInstruction"][0]["text"]
+    assert one(resource).minutes is None  # a rate in mL without a volume: not stated
+
+
+def test_injected_esketamine_is_not_spravato():
+    resource = esketamine_order(patient_id="p1")
+    resource["dosageInstruction"][0]["route"] = {
+        "coding": [{"system": "http://snomed.info/sct", "code": "47625008"}]
+    }
+    order = one(resource)
+    assert order.drug == "esketamine" and not order.spravato and order.is_iv
+    assert order.label() == "IV esketamine (not Spravato)"
+    assert Scope.KIV.covers(order) and Scope.K.covers(order) and not Scope.E.covers(order)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 
 from service.config import Settings
 from service.engine.record import (
+    MedState,
     Quantity,
     RecordBuilder,
     dose_in_mg,
@@ -27,6 +28,7 @@ TERMINOLOGY = ENGINE.terminology
 BUILDER = RecordBuilder(TERMINOLOGY)
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
 
 
 def status(code):
@@ -38,12 +40,14 @@ def build(*resources, patient_id="p1", gaps=None):
     return BUILDER.build(patient_id, {"all": [patient, *resources]}, gaps or {})
 
 
-def observation(rid, code, when, value=None, unit="mm[Hg]", obs_status="final", **extra):
+def observation(
+    rid, code, when, value=None, unit="mm[Hg]", obs_status="final", code_text=None, **extra
+):
     resource = {
         "resourceType": "Observation",
         "id": rid,
         "status": obs_status,
-        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "code": {"coding": [{"system": LOINC, "code": code}], "text": code_text},
         "subject": {"reference": "Patient/p1"},
         "effectiveDateTime": when,
         **extra,
@@ -208,8 +212,150 @@ def test_condition_status_refuted_dropped_resolved_kept_as_history():
     assert by_id["Condition/active"].active
     resolved = by_id["Condition/resolved"]
     assert not resolved.active and resolved.abated == datetime(2026, 1, 5, tzinfo=UTC)
-    assert resolved.recent(datetime(2026, 1, 1, tzinfo=UTC))
-    assert not resolved.recent(datetime(2026, 2, 1, tzinfo=UTC))
+    assert resolved.status == "resolved"
+
+
+# -- §3b, clause by clause -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "current"),
+    [
+        ({"clinicalStatus": status("active")}, True),
+        ({"clinicalStatus": status("recurrence")}, True),
+        ({"clinicalStatus": status("relapse")}, True),
+        ({}, True),  # no status, no abatement
+        ({"abatementDateTime": "2025-01-01"}, False),  # no status but abated
+        ({"clinicalStatus": status("inactive")}, False),
+        ({"clinicalStatus": status("resolved")}, False),
+        ({"clinicalStatus": status("remission")}, False),
+    ],
+)
+def test_current_condition(extra, current):
+    record = build({"resourceType": "Condition", "id": "c", "code": {"text": "Glaucoma"}} | extra)
+    assert record.conditions[0].active is current
+
+
+def _icd(rid, code, display, **extra):
+    return {
+        "resourceType": "Condition",
+        "id": rid,
+        "code": {
+            "coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}],
+            "text": display,
+        },
+    } | extra
+
+
+def test_history_counts_and_current_only():
+    record = build(
+        _icd("old", "I71.4", "Abdominal aortic aneurysm", clinicalStatus=status("resolved"))
+    )
+    assert record.conditions_in("aneurysm") == []
+    assert [c.ref for c, _ in record.conditions_in("aneurysm", history_counts=True)] == [
+        "Condition/old"
+    ]
+
+
+def test_remission_is_history_never_active_use():
+    record = build(
+        _icd("rem", "F10.21", "Alcohol dependence, in remission", clinicalStatus=status("active"))
+    )
+    [condition] = record.conditions
+    assert condition.remission
+    assert record.conditions_in("substance_use_disorder") == []
+    hits = record.conditions_in("substance_use_disorder_remission", history_counts=True)
+    assert [c.ref for c, _ in hits] == ["Condition/rem"]
+    assert "in remission" in hits[0][0].fact(hits[0][1]).value
+
+
+def test_windows_judge_the_onset_whatever_the_status():
+    since = NOW - timedelta(days=180)
+    record = build(
+        _icd(
+            "resolved-recent",
+            "I21.9",
+            "Acute myocardial infarction, unspecified",
+            clinicalStatus=status("resolved"),
+            onsetDateTime="2026-01-02",
+        ),
+        _icd(
+            "active-old",
+            "I21.9",
+            "Acute myocardial infarction, unspecified",
+            clinicalStatus=status("active"),
+            onsetDateTime="2016-03-01",
+        ),
+        _icd(
+            "recorded-only",
+            "I21.9",
+            "Acute myocardial infarction, unspecified",
+            recordedDate="2026-02-01",
+        ),
+    )
+    hits = record.conditions_in("myocardial_infarction", since=since)
+    assert sorted(c.ref for c, _ in hits) == [
+        "Condition/recorded-only",
+        "Condition/resolved-recent",
+    ]
+
+
+def test_onset_age_is_read_from_the_birth_date():
+    record = build(
+        _icd("age", "I21.9", "Acute MI", onsetAge={"value": 45, "unit": "years", "code": "a"})
+    )
+    assert record.conditions[0].onset == datetime(2025, 6, 15, tzinfo=UTC)
+
+
+def test_medication_currency_with_look_back_and_stale_entries():
+    def med(rid, kind, med_status, **extra):
+        return {
+            "resourceType": kind,
+            "id": rid,
+            "status": med_status,
+            "medicationCodeableConcept": {"text": "lorazepam 1 mg tablet"},
+            **extra,
+        }
+
+    record = build(
+        med("r1", "MedicationRequest", "active", authoredOn="2025-09-01"),
+        med("r-stale", "MedicationRequest", "active", authoredOn="2015-01-01"),
+        med(
+            "r-valid",
+            "MedicationRequest",
+            "active",
+            authoredOn="2015-01-01",
+            dispenseRequest={"validityPeriod": {"end": "2026-12-31"}},
+        ),
+        med("r2", "MedicationRequest", "draft"),
+        med("r3", "MedicationRequest", "cancelled"),
+        med(
+            "s1",
+            "MedicationStatement",
+            "completed",
+            effectivePeriod={"start": "2026-01-01", "end": "2026-02-25"},
+        ),
+        med("s2", "MedicationStatement", "stopped", effectiveDateTime="2025-06-01"),
+        {"resourceType": "MedicationRequest", "id": "r4", "medicationCodeableConcept": {}},
+    )
+    state = {m.ref.split("/")[1]: m.state(NOW, 365, 14) for m in record.medications}
+    assert state == {
+        "r1": MedState.CURRENT,
+        "r-stale": MedState.STALE,
+        "r-valid": MedState.CURRENT,  # its validity period covers now
+        "s1": MedState.RECENT,  # stopped 5 days ago: lingers
+        "s2": MedState.PAST,
+    }
+    assert record.medications[-2].ended == datetime(2026, 2, 25, tzinfo=UTC)
+    hits = record.medications_in("benzodiazepines", NOW, 365, 14)
+    assert {h.medication.ref.split("/")[1]: h.state for h in hits} == {
+        "r1": MedState.CURRENT,
+        "r-stale": MedState.STALE,
+        "r-valid": MedState.CURRENT,
+        "s1": MedState.RECENT,
+    }
+    stale = next(h for h in hits if h.state is MedState.STALE)
+    assert stale.fact().value.endswith("possibly outdated")
 
 
 def test_inactive_allergies_and_not_done_procedures_are_not_kept():
@@ -226,42 +372,6 @@ def test_inactive_allergies_and_not_done_procedures_are_not_kept():
     )
     assert [a.ref for a in record.allergies] == ["AllergyIntolerance/a1"]
     assert [p.ref for p in record.procedures] == ["Procedure/x1"]
-
-
-def test_medications_keep_status_dates_and_currency():
-    def med(rid, kind, med_status, **extra):
-        return {
-            "resourceType": kind,
-            "id": rid,
-            "status": med_status,
-            "medicationCodeableConcept": {"text": "lorazepam 1 mg tablet"},
-            **extra,
-        }
-
-    record = build(
-        med("r1", "MedicationRequest", "active", authoredOn="2025-01-01"),
-        med("r2", "MedicationRequest", "draft"),
-        med("r3", "MedicationRequest", "cancelled"),
-        med(
-            "s1",
-            "MedicationStatement",
-            "completed",
-            effectivePeriod={"start": "2026-01-01", "end": "2026-02-25"},
-        ),
-        med("s2", "MedicationStatement", "stopped", effectiveDateTime="2025-06-01"),
-        {"resourceType": "MedicationRequest", "id": "r4", "medicationCodeableConcept": {}},
-    )
-    by_ref = {m.ref: m for m in record.medications}
-    assert set(by_ref) == {
-        "MedicationRequest/r1",
-        "MedicationStatement/s1",
-        "MedicationStatement/s2",
-    }
-    assert by_ref["MedicationRequest/r1"].current(NOW, 14)
-    assert by_ref["MedicationStatement/s1"].current(NOW, 14)  # stopped 5 days ago: lingers
-    assert not by_ref["MedicationStatement/s1"].current(NOW, 3)
-    assert not by_ref["MedicationStatement/s2"].current(NOW, 14)
-    assert by_ref["MedicationStatement/s1"].ended == datetime(2026, 2, 25, tzinfo=UTC)
 
 
 def test_administrations_are_ketamine_only_counted_statuses_and_in_time_order():
@@ -331,3 +441,108 @@ def test_blood_pressure_from_panels_and_separate_readings_at_one_time():
         "Observation/s",
         "Observation/d",
     ]
+
+
+def _split(rid, code, when, value):
+    return observation(rid, code, when, value)
+
+
+def test_separate_systolic_and_diastolic_pair_within_minutes_only():
+    record = build(
+        _split("s1", "8480-6", "2026-03-01T09:00:00Z", 188),
+        _split("d1", "8462-4", "2026-03-01T09:06:00Z", 96),
+        _split("s2", "8480-6", "2026-02-20T09:00:00Z", 150),
+        _split("d2", "8462-4", "2026-02-20T09:30:00Z", 92),  # 30 min later: not its pair
+    )
+    texts = [bp.text() for bp in record.blood_pressures]
+    assert texts == [
+        "188/96 mmHg",
+        "diastolic 92 mmHg, no systolic recorded with it",
+        "systolic 150 mmHg, no diastolic recorded with it",
+    ]
+    assert record.latest_bp(NOW - timedelta(days=7)).systolic == 188
+    wider = RecordBuilder(TERMINOLOGY, bp_pair_minutes=45)
+    patient = {"resourceType": "Patient", "id": "p1"}
+    again = wider.build(
+        "p1",
+        {
+            "all": [
+                patient,
+                _split("s2", "8480-6", "2026-02-20T09:00:00Z", 150),
+                _split("d2", "8462-4", "2026-02-20T09:30:00Z", 92),
+            ]
+        },
+        {},
+    )
+    assert [bp.text() for bp in again.blood_pressures] == ["150/92 mmHg"]
+
+
+def _pregnancy(record):
+    return record.pregnancy(NOW, 300, 30, 25.0, ("pregnancy", "pregnancy_obstetric"))
+
+
+def _status(rid, when, answer):
+    return observation(
+        rid,
+        "82810-3",
+        when,
+        code_text="Pregnancy status",
+        valueCodeableConcept={"coding": [{"system": LOINC, "code": answer}]},
+    )
+
+
+def test_pregnancy_newest_evidence_wins():
+    pregnant = _icd("preg", "Z33.1", "Pregnant state, incidental", onsetDateTime="2026-01-10")
+    record = build(pregnant)
+    assert _pregnancy(record).pregnant
+    record = build(pregnant, _status("neg", "2026-02-27", "LA26683-5"))
+    status = _pregnancy(record)
+    assert not status.pregnant and status.superseded_by.resource == "Observation/neg"
+    assert status.documented
+    old = _icd("old", "Z33.1", "Pregnant state, incidental", onsetDateTime="2021-05-01")
+    assert not _pregnancy(build(old)).pregnant  # outside the condition window
+
+
+@pytest.mark.parametrize(
+    ("value", "pregnant"),
+    [
+        ({"valueQuantity": {"value": 180, "unit": "m[IU]/mL"}}, True),
+        ({"valueQuantity": {"value": 3, "unit": "m[IU]/mL"}}, False),
+        ({"valueQuantity": {"value": 180, "unit": "ng/mL"}}, False),  # unit not read: no answer
+        ({"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "10828004"}]}}, True),
+        ({"valueCodeableConcept": {"text": "Negative"}}, False),
+        ({"valueString": "POSITIVE"}, True),
+    ],
+)
+def test_hcg_quantitative_and_qualitative(value, pregnant):
+    test = observation("hcg", "21198-7", "2026-02-28", **value)
+    status = _pregnancy(build(test))
+    assert status.pregnant is pregnant and status.documented
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"valueInteger": 19},
+        {"valueQuantity": {"value": 19, "unit": "{score}"}},
+        {"valueString": "19"},
+    ],
+)
+def test_scores_as_integer_quantity_or_string(value):
+    record = build(observation("phq", "44261-6", "2026-02-28", **value))
+    latest = record.latest(["44261-6"])
+    assert latest.quantity.value == 19.0
+    assert latest.fact().value == "19"  # no {score} in text (§7)
+
+
+@pytest.mark.parametrize(
+    ("unit", "kg"),
+    [
+        ("kilograms", 70.0),
+        ("lbs", pytest.approx(31.75, abs=0.01)),
+        ("pounds", pytest.approx(31.75, abs=0.01)),
+    ],
+)
+def test_weight_units_as_ehrs_write_them(unit, kg):
+    record = build(observation("w", "29463-7", "2026-02-28", 70, unit))
+    assert weight_kg(record.latest(["29463-7"]).quantity) == kg

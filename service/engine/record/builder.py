@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 from ..terminology import CodeRef, Terminology, concept_text, listed, obj
@@ -19,6 +20,7 @@ from .values import (
     coded_status,
     dose_in_mg,
     medication_concept,
+    observed_quantity,
     parse_datetime,
     period_end,
     period_start,
@@ -26,7 +28,9 @@ from .values import (
 )
 
 EXCLUDED_CONDITION_VERIFICATION = {"refuted", "entered-in-error"}
+CURRENT_CLINICAL = {"active", "recurrence", "relapse"}  # §3b "current condition"
 INACTIVE_CLINICAL = {"inactive", "resolved", "remission"}
+REMISSION = "substance_use_disorder_remission"  # §3b: remission codes are history, not use
 OBSERVATION_OK = ("final", "amended", "corrected")  # tuples: statuses may be unhashable
 MED_IGNORED = {"entered-in-error", "cancelled", "draft"}
 MED_ACTIVE = {
@@ -43,12 +47,29 @@ class RecordBuilder:
 
     BP_LISTS = ("bp_panel", "bp_panel_legacy", "vital_signs_panel", "systolic_bp", "diastolic_bp")
 
-    def __init__(self, terminology: Terminology, site_codes: Iterable[str] = ()):
+    def __init__(
+        self,
+        terminology: Terminology,
+        site_codes: Iterable[str] = (),
+        bp_pair_minutes: float = 10.0,
+    ):
         self.terminology = terminology
         # LOINC code → None (verified) or the text pattern that must confirm it
         self.observation_codes = terminology.loinc_filters()
         self.observation_codes.update(dict.fromkeys(site_codes))
         self.bp_codes = tuple(c for name in self.BP_LISTS for c in terminology.loinc_codes(name))
+        self.bp_pair_minutes = bp_pair_minutes
+        self.pregnancy_status_codes = terminology.loinc_codes("pregnancy_status")
+        # every hCG test of the pregnancy-test set (§3b: quantitative ones too), on the code
+        tests = terminology.codes("obs_pregnancy_tests", "loinc") - {*self.pregnancy_status_codes}
+        self.hcg_codes = tuple(
+            sorted(
+                {*terminology.loinc_codes("hcg_urine"), *terminology.loinc_codes("hcg_serum")}
+                | {c for c in tests if not c.startswith("LA")}  # LA…: answers, not tests
+            )
+        )
+        for code in self.hcg_codes:
+            self.observation_codes.setdefault(code, None)
 
     def build(
         self,
@@ -86,6 +107,10 @@ class RecordBuilder:
             birth_date=birth.date() if birth else None,
             gender=patient.get("gender") if patient else None,
             bp_codes=self.bp_codes,
+            bp_pair_minutes=self.bp_pair_minutes,
+            pregnancy_status_codes=self.pregnancy_status_codes,
+            pregnancy_answers=dict(t.loinc["pregnancy_status"].get("answers") or {}),
+            hcg_codes=self.hcg_codes,
             gaps=dict(gaps),
             ignored=ignored,
         )
@@ -96,15 +121,7 @@ class RecordBuilder:
         }
         for r in by_type.get("Condition", ()):
             if coded_status(r.get("verificationStatus")) not in EXCLUDED_CONDITION_VERIFICATION:
-                active = coded_status(r.get("clinicalStatus")) not in INACTIVE_CLINICAL
-                record.conditions.append(
-                    self._coded(
-                        r,
-                        active,
-                        ("onsetDateTime", "onsetPeriod", "recordedDate"),
-                        period_start(r, "abatementDateTime", "abatementPeriod"),
-                    )
-                )
+                record.conditions.append(self._condition(r, record.birth_date))
         for r in by_type.get("AllergyIntolerance", ()):
             if (
                 coded_status(r.get("verificationStatus")) not in EXCLUDED_CONDITION_VERIFICATION
@@ -151,6 +168,27 @@ class RecordBuilder:
         record.administrations.sort(key=lambda a: a.when)
         self._index_observations(record, by_type.get("Observation", ()))
         return record
+
+    def _condition(self, r: dict[str, Any], birth: date | None) -> Condition:
+        """§3b: current = active, recurrence or relapse (or no status and no abatement);
+        onset = onset dateTime, Period start or Age (from the birth date), else recorded."""
+        status = coded_status(r.get("clinicalStatus"))
+        abated = period_start(r, "abatementDateTime", "abatementPeriod")
+        if status is None:
+            current = abated is None and not any(k.startswith("abatement") for k in r)
+        else:
+            current = status in CURRENT_CLINICAL
+        onset = period_start(r, "onsetDateTime", "onsetPeriod") or _age_date(
+            r.get("onsetAge"), birth
+        )
+        entry = self._coded(r, current, (), abated)
+        remission = status == "remission" or any(m.valueset == REMISSION for m in entry.matches)
+        return replace(
+            entry,
+            onset=onset or period_start(r, "recordedDate"),
+            status=status,
+            remission=remission,
+        )
 
     def _coded(
         self,
@@ -212,15 +250,37 @@ class RecordBuilder:
                     period_start(
                         r, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
                     ),
-                    quantity(r.get("valueQuantity")),
+                    observed_quantity(r),
                     answer,
                     components,
                     answer_text[:200],
+                    tuple(
+                        c["code"]
+                        for c in listed(obj(r.get("valueCodeableConcept")).get("coding"))
+                        if isinstance(c, dict) and isinstance(c.get("code"), str)
+                    ),
                 )
             )
         for items in index.values():
             items.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=UTC), reverse=True)
         record.observations = dict(index)
+
+
+def _age_date(age: Any, birth: date | None) -> datetime | None:
+    """An onsetAge in years as the date it was reached (``None`` without a birth date)."""
+    if birth is None or not isinstance(age, dict):
+        return None
+    value, unit = age.get("value"), age.get("code") or age.get("unit")
+    if isinstance(value, bool) or not isinstance(value, int | float) or unit not in YEARS:
+        return None
+    years = int(value)
+    try:
+        return datetime(birth.year + years, birth.month, birth.day, tzinfo=UTC)
+    except ValueError:  # 29 February in a common year
+        return datetime(birth.year + years, 3, 1, tzinfo=UTC)
+
+
+YEARS = ("a", "yr", "year", "years")
 
 
 def ketamine_kind(t: Terminology, concept: Any) -> str | None:

@@ -1,19 +1,22 @@
-"""The patient record's data model: a typed, indexed view of one patient, with the queries
-the rules ask. Built by :mod:`.builder`."""
+"""The patient record's data model: a typed, indexed view of one patient, with the time and
+status semantics of the specification (ketamine-rules.md §3b) applied here, once: the rules ask
+the record (current? within a window? in remission? the latest BP? pregnant?) and never
+re-derive it. Built by :mod:`.builder`."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 from functools import cached_property
 from typing import Any
 
-from ..terminology import CodeRef, ConceptMatch, Ingredient, concept_text
-from .values import Quantity
+from ..terminology import CodeRef, ConceptMatch, Ingredient
+from .values import Quantity, plain_unit
 
 MED_ENDED = {"completed", "stopped"}
+SYSTOLIC, DIASTOLIC = "8480-6", "8462-4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +32,8 @@ class Fact:
         parts = [f"`{self.resource}`"]
         if self.code:
             parts.append(self.code.label())
-        parts.append(self.when.date().isoformat() if self.when else "date not recorded")
+        if self.when:
+            parts.append(self.when.date().isoformat())
         if self.value:
             parts.append(self.value)
         return " · ".join(parts)
@@ -37,25 +41,47 @@ class Fact:
 
 @dataclass(frozen=True, slots=True)
 class Condition:
+    """A condition, allergy or procedure entry, classified against the value sets.
+
+    ``active`` is §3b's *current*: clinicalStatus active, recurrence or relapse, or no status
+    and no abatement. ``onset`` is the onset (dateTime, Period start, or Age from the birth
+    date), else the recorded date: what a window ("in the last N days") is judged on,
+    whatever the status."""
+
     ref: str
     concept: dict[str, Any]
     matches: tuple[ConceptMatch, ...]
     active: bool
     onset: datetime | None
     abated: datetime | None = None
+    status: str | None = None  # the clinicalStatus code as recorded
+    remission: bool = False  # clinicalStatus remission, or a remission code (§3b)
 
-    def recent(self, since: datetime) -> bool:
-        """Active, or onset/abatement on or after ``since``."""
-        return self.active or any(d is not None and d >= since for d in (self.onset, self.abated))
+    def within(self, since: datetime) -> bool:
+        """Its onset (else recorded date) is on or after ``since``, whatever its status."""
+        return self.onset is not None and self.onset >= since
+
+    def match(self, concept: str) -> ConceptMatch | None:
+        return next((m for m in self.matches if m.valueset == concept), None)
 
     def fact(self, match: ConceptMatch) -> Fact:
-        status = "active" if self.active else "history (inactive/resolved)"
-        return Fact(
-            self.ref,
-            match.coding,
-            self.onset,
-            status if match.coding else f"text “{concept_text(self.concept)[:80]}” · {status}",
-        )
+        if self.remission:
+            status = "in remission"
+        elif self.active:
+            status = "current"
+        else:
+            status = f"history ({self.status or 'abated'})"
+        value = status if not match.on_text else f"{match.describe()} · {status}"
+        return Fact(self.ref, match.coding, self.onset, value)
+
+
+class MedState(StrEnum):
+    """A medication entry as the interaction rules see it (§3b)."""
+
+    CURRENT = "current"  # active and dated within the look-back (or covering now, or undated)
+    STALE = "stale"  # "active" but older than the look-back: listed, never alerted on
+    RECENT = "recent"  # completed or stopped within the recent-medication days: drugs linger
+    PAST = "past"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +89,41 @@ class Medication:
     ref: str
     concept: dict[str, Any]
     status: str
-    active: bool
+    active: bool  # request active/on-hold, statement active/intended
     when: datetime | None  # authored / asserted / effective start
-    ended: datetime | None  # end of the period, for completed/stopped
+    ended: datetime | None  # end of the period (effective, or the dispense validity)
     ingredients: tuple[Ingredient, ...]
     code: CodeRef | None
 
-    def current(self, now: datetime, recent_days: int) -> bool:
-        """Active now, or completed/stopped within ``recent_days`` (drugs linger)."""
+    def state(self, now: datetime, lookback_days: int, recent_days: int) -> MedState:
         if self.active:
-            return True
+            if self.when is None or now - self.when <= timedelta(days=lookback_days):
+                return MedState.CURRENT
+            if self.ended is not None and self.ended >= now:
+                return MedState.CURRENT
+            return MedState.STALE
         if self.status in MED_ENDED:
             end = self.ended or self.when
-            return end is not None and now - end <= timedelta(days=recent_days)
-        return False
+            if end is not None and now - end <= timedelta(days=recent_days):
+                return MedState.RECENT
+        return MedState.PAST
 
-    def fact(self, ingredient: Ingredient | None = None) -> Fact:
+    def fact(self, ingredient: Ingredient | None = None, note: str = "") -> Fact:
         value = f"status {self.status}"
         if ingredient:
             value = f"{ingredient.name} ({ingredient.group}) · {value}"
-        return Fact(self.ref, self.code, self.when, value)
+        return Fact(self.ref, self.code, self.when, value + note)
+
+
+@dataclass(frozen=True, slots=True)
+class MedicationHit:
+    medication: Medication
+    ingredient: Ingredient
+    state: MedState
+
+    def fact(self) -> Fact:
+        note = " · possibly outdated" if self.state is MedState.STALE else ""
+        return self.medication.fact(self.ingredient, note)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,31 +132,44 @@ class Observation:
     code: str  # the LOINC code it was indexed under
     coding: CodeRef | None
     when: datetime | None
-    quantity: Quantity | None
+    quantity: Quantity | None  # valueQuantity, valueInteger or a numeric valueString (§3b)
     answer: CodeRef | None  # valueCodeableConcept
     components: dict[str, Quantity]
     answer_text: str = ""  # valueCodeableConcept text/displays, or valueString
+    answer_codes: tuple[str, ...] = ()  # every code of valueCodeableConcept
 
     def fact(self, value: str | None = None) -> Fact:
         if value is None:
             if self.quantity:
-                value = f"{self.quantity.value:g} {self.quantity.unit}"
+                value = f"{self.quantity.value:g} {plain_unit(self.quantity.unit)}".strip()
             elif self.answer:
                 value = self.answer.label()
+            elif self.answer_text:
+                value = f"“{self.answer_text[:60]}”"
         return Fact(self.ref, self.coding, self.when, value)
 
 
 @dataclass(frozen=True, slots=True)
 class BloodPressure:
-    when: datetime | None
+    """One reading: a panel, or a systolic and a diastolic paired within minutes (§3b); a
+    lone component keeps the other ``None`` and says so."""
+
+    when: datetime
     systolic: float | None
     diastolic: float | None
     facts: tuple[Fact, ...]
 
     def text(self) -> str:
-        s = f"{self.systolic:g}" if self.systolic is not None else "?"
-        d = f"{self.diastolic:g}" if self.diastolic is not None else "?"
-        return f"{s}/{d} mmHg"
+        return bp_text(self.systolic, self.diastolic)
+
+
+def bp_text(systolic: float | None, diastolic: float | None) -> str:
+    """Whole mmHg (§7); a lone component is named as such, never "?" (§3b)."""
+    if systolic is not None and diastolic is not None:
+        return f"{systolic:.0f}/{diastolic:.0f} mmHg"
+    if systolic is not None:
+        return f"systolic {systolic:.0f} mmHg, no diastolic recorded with it"
+    return f"diastolic {diastolic:.0f} mmHg, no systolic recorded with it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +178,18 @@ class Administration:
     drug: str  # "ketamine" | "esketamine"
     when: datetime
     dose_mg: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PregnancyStatus:
+    """§3b, newest evidence wins: ``pregnant`` when the newest positive evidence is not
+    superseded by newer negative evidence; ``documented`` when any status or test is in the
+    window (R35)."""
+
+    pregnant: bool
+    evidence: tuple[Fact, ...]  # the positive evidence (when pregnant)
+    superseded_by: Fact | None  # the newer negative evidence that overrides a positive
+    documented: bool
 
 
 @dataclass
@@ -140,10 +206,14 @@ class PatientRecord:
     procedures: list[Condition] = field(default_factory=list)
     medication_index: dict[str, dict[str, Any]] = field(default_factory=dict)
     bp_codes: tuple[str, ...] = ()  # panels with 8480-6/8462-4 components, then the two
+    bp_pair_minutes: float = 10.0  # separate systolic/diastolic within this are one reading
+    pregnancy_status_codes: tuple[str, ...] = ()  # 82810-3
+    pregnancy_answers: dict[str, str] = field(default_factory=dict)  # pregnant → LA code …
+    hcg_codes: tuple[str, ...] = ()  # the hCG tests (qualitative and quantitative)
     gaps: dict[str, str] = field(default_factory=dict)  # prefetch key → why it is missing
     ignored: dict[str, int] = field(default_factory=dict)  # why → how many resources dropped
 
-    # -- queries the rules use --------------------------------------------------------
+    # -- conditions (§3b) -----------------------------------------------------------------
 
     def age_on(self, day: datetime) -> int | None:
         if self.birth_date is None:
@@ -153,21 +223,40 @@ class PatientRecord:
         return d.year - b.year - ((d.month, d.day) < (b.month, b.day))
 
     def conditions_in(
-        self, valueset: str, history_counts: bool = False, since: datetime | None = None
+        self, concept: str, history_counts: bool = False, since: datetime | None = None
     ) -> list[tuple[Condition, ConceptMatch]]:
-        """Conditions in a value set: active ones, or any when history counts; with ``since``
-        only those whose onset/recorded date is on or after it."""
+        """Conditions of a concept: current ones; any status when history counts; with
+        ``since`` those whose onset (else recorded date) is in the window, any status."""
         out = []
         for c in self.conditions:
-            if not (c.active or history_counts):
+            m = c.match(concept)
+            if m is None:
                 continue
-            if since is not None and (c.onset is None or c.onset < since):
-                continue
-            for m in c.matches:
-                if m.valueset == valueset:
+            if since is not None:
+                if c.within(since):
                     out.append((c, m))
-                    break
+            elif history_counts or (c.active and not c.remission):
+                out.append((c, m))
         return out
+
+    # -- medications (§3b) ----------------------------------------------------------------
+
+    def medications_in(
+        self, drug_class: str, now: datetime, lookback_days: int, recent_days: int
+    ) -> list[MedicationHit]:
+        """Medications of a drug class that are current, recently ended or stale (each with
+        the ingredient that matched and its state); past ones are left out."""
+        out = []
+        for m in self.medications:
+            ingredient = next((i for i in m.ingredients if i.drug_class == drug_class), None)
+            if ingredient is None:
+                continue
+            state = m.state(now, lookback_days, recent_days)
+            if state is not MedState.PAST:
+                out.append(MedicationHit(m, ingredient, state))
+        return out
+
+    # -- observations ---------------------------------------------------------------------
 
     def latest(self, codes: Iterable[str], since: datetime | None = None) -> Observation | None:
         found = [o for code in codes for o in self.observations.get(code, ())]
@@ -178,40 +267,124 @@ class PatientRecord:
         found = [o for code in codes for o in self.observations.get(code, ()) if o.when]
         return sorted(found, key=lambda o: o.when, reverse=True)
 
+    def latest_bp(self, since: datetime) -> BloodPressure | None:
+        """The latest paired or panel reading on or after ``since``; a lone component only
+        when no paired reading is newer."""
+        return next((r for r in self.blood_pressures if r.when >= since), None)
+
     @cached_property
     def blood_pressures(self) -> list[BloodPressure]:
-        """BP readings newest first: panels (85354-9, or any observation with 8480-6/8462-4
-        components) and separate systolic/diastolic observations paired by time."""
+        """BP readings newest first: panels (any observation with 8480-6/8462-4 components)
+        and separate systolic and diastolic observations, each paired with the nearest other
+        component within ``bp_pair_minutes``; what finds no partner stays a lone reading."""
         readings: list[BloodPressure] = []
-        separate: dict[datetime | None, dict[str, Observation]] = defaultdict(dict)
+        separate: dict[str, list[Observation]] = {SYSTOLIC: [], DIASTOLIC: []}
         for code in self.bp_codes:
             for o in self.observations.get(code, ()):
+                if o.when is None:
+                    continue
                 if o.components:
-                    s, d = o.components.get("8480-6"), o.components.get("8462-4")
+                    s, d = o.components.get(SYSTOLIC), o.components.get(DIASTOLIC)
                     if s or d:
-                        readings.append(
-                            BloodPressure(
-                                o.when,
-                                s.value if s else None,
-                                d.value if d else None,
-                                (o.fact(f"{_q(s)}/{_q(d)} mmHg"),),
-                            )
-                        )
-                elif o.quantity and code in ("8480-6", "8462-4"):
-                    separate[o.when][code] = o
-        for when, pair in separate.items():
-            s, d = pair.get("8480-6"), pair.get("8462-4")
+                        sv, dv = (s.value if s else None), (d.value if d else None)
+                        readings.append(BloodPressure(o.when, sv, dv, (o.fact(bp_text(sv, dv)),)))
+                elif o.quantity and code in separate:
+                    separate[code].append(o)
+        window = timedelta(minutes=self.bp_pair_minutes)
+        diastolics = list(separate[DIASTOLIC])
+        for s in separate[SYSTOLIC]:
+            near = [d for d in diastolics if abs(d.when - s.when) <= window]
+            d = min(near, key=lambda d: abs(d.when - s.when)) if near else None
+            if d is not None:
+                diastolics.remove(d)
             readings.append(
                 BloodPressure(
-                    when,
-                    s.quantity.value if s and s.quantity else None,
-                    d.quantity.value if d and d.quantity else None,
+                    max(s.when, d.when) if d else s.when,
+                    s.quantity.value,
+                    d.quantity.value if d else None,
                     tuple(o.fact() for o in (s, d) if o),
                 )
             )
-        dated = [r for r in readings if r.when is not None]
-        return sorted(dated, key=lambda r: r.when, reverse=True)
+        readings += [BloodPressure(d.when, None, d.quantity.value, (d.fact(),)) for d in diastolics]
+        return sorted(readings, key=lambda r: (r.when, r.systolic is not None), reverse=True)
+
+    # -- pregnancy (§3b: newest evidence wins) --------------------------------------------
+
+    def pregnancy(
+        self,
+        now: datetime,
+        condition_days: int,
+        test_days: int,
+        hcg_positive: float,
+        conditions: Iterable[str],
+    ) -> PregnancyStatus:
+        """Positive evidence: a current pregnancy condition (of ``conditions``) with onset
+        within ``condition_days``; a pregnancy status 'pregnant'; an hCG test within
+        ``test_days`` that is positive (quantitative ≥ ``hcg_positive`` mIU/mL, qualitative
+        by code or text). Negative evidence: status 'not pregnant', a negative hCG. The
+        newest negative evidence newer than the newest positive one supersedes it."""
+        positive: list[tuple[datetime, Fact]] = []
+        negative: list[tuple[datetime, Fact]] = []
+        since = now - timedelta(days=condition_days)
+        for concept in conditions:
+            for c, m in self.conditions_in(concept):
+                if c.within(since):
+                    positive.append((c.onset, c.fact(m)))
+        pregnant = self.pregnancy_answers.get("pregnant")
+        not_pregnant = self.pregnancy_answers.get("not_pregnant")
+        for o in self.all_observations(self.pregnancy_status_codes):
+            if pregnant in o.answer_codes and o.when >= since:  # a pregnancy lasts < 300 days
+                positive.append((o.when, o.fact()))
+            elif not_pregnant in o.answer_codes:
+                negative.append((o.when, o.fact()))
+        tests = [
+            o
+            for o in self.all_observations(self.hcg_codes)
+            if o.when >= now - timedelta(days=test_days)
+        ]
+        for o in tests:
+            result = hcg_result(o, hcg_positive)
+            if result is True:
+                positive.append((o.when, o.fact()))
+            elif result is False:
+                negative.append((o.when, o.fact()))
+        documented = any(
+            o.when >= now - timedelta(days=test_days)
+            for o in self.all_observations((*self.pregnancy_status_codes, *self.hcg_codes))
+        )
+        if not positive:
+            return PregnancyStatus(False, (), None, documented)
+        newest_positive = max(when for when, _ in positive)
+        newer_negative = [(w, f) for w, f in negative if w > newest_positive]
+        if newer_negative:
+            return PregnancyStatus(
+                False, (), max(newer_negative, key=lambda x: x[0])[1], documented
+            )
+        return PregnancyStatus(
+            True,
+            tuple(f for _, f in sorted(positive, key=lambda x: x[0], reverse=True)),
+            None,
+            documented,
+        )
 
 
-def _q(q: Quantity | None) -> str:
-    return f"{q.value:g}" if q else "?"
+#: SNOMED CT 10828004 "Positive" (named by ketamine-rules.md §3b)
+POSITIVE_ANSWER = "10828004"
+HCG_UNITS = {"m[iu]/ml", "miu/ml", "[iu]/l", "iu/l"}  # 1 mIU/mL = 1 IU/L
+
+
+def hcg_result(o: Observation, positive_at: float) -> bool | None:
+    """An hCG result: True positive, False negative, None unreadable. Quantitative in mIU/mL
+    (= IU/L) against ``positive_at``; qualitative by the Positive code or the text."""
+    if o.quantity is not None:
+        if o.quantity.unit.replace(" ", "").lower() not in HCG_UNITS:
+            return None
+        return o.quantity.value >= positive_at
+    if POSITIVE_ANSWER in o.answer_codes:
+        return True
+    text = o.answer_text.lower()
+    if "negative" in text or "not detected" in text:
+        return False
+    if "positive" in text or "detected" in text:
+        return True
+    return None

@@ -4,6 +4,7 @@ exception."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +105,25 @@ def period_end(resource: dict[str, Any]) -> datetime | None:
     return None
 
 
+def plain_unit(unit: str) -> str:
+    """A unit for text: UCUM annotations such as ``{score}`` left out (§7)."""
+    return re.sub(r"\{[^}]*\}", "", unit).strip()
+
+
+def observed_quantity(resource: dict[str, Any]) -> Quantity | None:
+    """An observation's number (§3b: scores as integer, quantity or numeric string)."""
+    found = quantity(resource.get("valueQuantity"))
+    if found is not None:
+        return found
+    integer = resource.get("valueInteger")
+    if isinstance(integer, int) and not isinstance(integer, bool):
+        return Quantity(float(integer), "")
+    text = resource.get("valueString")
+    if isinstance(text, str) and NUMBER.fullmatch(text.strip()):
+        return Quantity(float(text.strip()), "")
+    return None
+
+
 def quantity(value: Any) -> Quantity | None:
     if not isinstance(value, dict):
         return None
@@ -133,7 +153,22 @@ def dose_in_mg(value: Any) -> float | None:
     return q.value * factor if factor else None
 
 
-WEIGHT_TO_KG = {"kg": 1.0, "g": 0.001, "[lb_av]": 0.45359237, "lb": 0.45359237, "lbs": 0.45359237}
+NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?")
+POUND = 0.45359237
+#: body weight units (UCUM codes, and the words EHRs write) → kg; any other is never guessed
+WEIGHT_TO_KG = {
+    "kg": 1.0,
+    "kilogram": 1.0,
+    "kilograms": 1.0,
+    "g": 0.001,
+    "gram": 0.001,
+    "grams": 0.001,
+    "[lb_av]": POUND,
+    "lb": POUND,
+    "lbs": POUND,
+    "pound": POUND,
+    "pounds": POUND,
+}
 
 
 def weight_kg(q: Quantity | None) -> float | None:

@@ -3,15 +3,14 @@ a finding, not a silent pass)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from service.engine.record import Fact
 from service.engine.scope import Scope
 
 from .base import Evaluation, finding, rule
+from .contraindications import pregnancy_status
 from .dosing import latest_weight
 from .monitoring import BP_ORDER, PHQ9_ORDER, WEIGHT_ORDER
-from .regimen import rating_codes
+from .regimen import course_so_far, rating_codes
 
 #: prefetch key → the checks that depend on it (named on the card)
 DEPENDS = {
@@ -79,10 +78,32 @@ def record_data_ignored(ev: Evaluation):
 
 
 @rule(
+    "D03",
+    title="Draft order not valid FHIR R4",
+    applies=Scope.ALL,
+    severity="info",
+    source="ketamine-rules.md §3b",
+    reads=("MedicationRequest (draft)",),
+    trigger="the ketamine/esketamine draft order is not valid FHIR R4 in some element: the "
+    "checks ran on what could be read, and the card names the element",
+)
+def draft_order_not_valid_fhir(ev: Evaluation):
+    if ev.order is None or ev.order.problem is None:
+        return None
+    return finding(
+        "info",
+        f"The {ev.drug} order is not valid FHIR R4: checks ran on what could be read"[:139],
+        f"The draft order is not valid FHIR R4 at {ev.order.problem}. The checks ran on what "
+        "could be read; tell the EHR's integration team.",
+        (Fact(ev.order.ref, value="not valid FHIR R4"),),
+    )
+
+
+@rule(
     "R33",
     title="No recent blood pressure",
     applies=Scope.ALL,
-    severity="warning",
+    severity="info",
     source="S4, S7",
     reads=("Observation 85354-9/8480-6/8462-4",),
     thresholds=("bp_window_days",),
@@ -97,11 +118,19 @@ def no_recent_blood_pressure(ev: Evaluation):
         return None
     last = next(iter(ev.record.blood_pressures), None)
     return finding(
-        "warning",
+        "info",
         f"No blood pressure in the last {ev.policy.bp_window_days} days before {ev.drug}",
-        "Blood pressure must be checked before the dose: ketamine and esketamine raise it, and "
-        "a high reading should delay treatment.",
-        last.facts if last else (Fact("Observation", value="no blood pressure recorded"),),
+        "Blood pressure must be checked before the dose (the plan asks for it): ketamine and "
+        "esketamine raise it, and a high reading should delay treatment."
+        + (f" The last one on record: {last.text()}." if last else ""),
+        last.facts
+        if last
+        else (
+            Fact(
+                "Observation",
+                value=f"none recorded in the last {ev.policy.bp_window_days} days",
+            ),
+        ),
         (BP_ORDER,),
     )
 
@@ -147,7 +176,7 @@ def no_recent_weight(ev: Evaluation):
     applies=Scope.ALL,
     severity="info",
     source="S4",
-    reads=("Patient", "Observation 82810-3, 2106-3, 2118-8"),
+    reads=("Patient", "Observation 82810-3, hCG tests (obs_pregnancy_tests)"),
     thresholds=("reproductive_age_min", "reproductive_age_max", "pregnancy_window_days"),
     sign_only=True,
     trigger="female of reproductive age with no pregnancy status or test in the window",
@@ -159,11 +188,7 @@ def pregnancy_status_not_documented(ev: Evaluation):
         return None
     if not p.reproductive_age_min <= age <= p.reproductive_age_max:
         return None
-    t = ev.terminology
-    codes = (
-        t.loinc_codes("pregnancy_status") + t.loinc_codes("hcg_urine") + t.loinc_codes("hcg_serum")
-    )
-    if ev.record.latest(codes, since=ev.days_ago(p.pregnancy_window_days)):
+    if pregnancy_status(ev).documented:
         return None
     return finding(
         "info",
@@ -181,27 +206,24 @@ def pregnancy_status_not_documented(ev: Evaluation):
     severity="info",
     source="S7, S13; S1",
     reads=("Observation 44261-6", "MedicationAdministration"),
-    thresholds=("rating_before_first_dose_days",),
+    thresholds=("rating_before_first_dose_days", "reinduction_gap_days"),
     sign_only=True,
-    trigger="no PHQ-9 (or site scale) in the 30 days before the first dose",
+    trigger="at the start of a course only (no earlier dose, or re-induction after the gap): "
+    "no PHQ-9 (or site scale) in the 30 days before it; later in a course P03 covers ratings",
 )
 def no_baseline_depression_rating(ev: Evaluation):
-    if ev.missing("observations"):
+    if ev.missing("observations") or ev.missing("medicationAdministrations"):
         return None
-    first = ev.record.administrations[0].when if ev.record.administrations else ev.now
+    if course_so_far(ev):
+        return None  # mid-course: the baseline was (or was not) taken at the start; P03
     days = ev.policy.rating_before_first_dose_days
-    window = [
-        o
-        for o in ev.record.all_observations(rating_codes(ev))
-        if first - timedelta(days=days) <= o.when <= first
-    ]
-    if window:
+    if ev.record.latest(rating_codes(ev), since=ev.days_ago(days)):
         return None
     return finding(
         "info",
-        f"Record a baseline PHQ-9 before the first {ev.drug} dose",
-        f"No PHQ-9 or site rating scale in the {days} days before the first dose; without a "
-        "baseline the response cannot be judged at the end of induction.",
-        (Fact("Observation", value="no rating in the baseline window"),),
+        f"Record a baseline PHQ-9 before the first {ev.drug} dose of this course",
+        f"No PHQ-9 or site rating scale in the {days} days before this first dose of a course; "
+        "without a baseline the response cannot be judged at the end of induction.",
+        (Fact("Observation", value=f"no rating recorded in the last {days} days"),),
         (PHQ9_ORDER,),
     )

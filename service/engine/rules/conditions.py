@@ -1,4 +1,5 @@
-"""Shared shapes of the condition-based rules: find conditions in a value set, name them."""
+"""Shared shapes of the condition-based rules: find conditions of a concept, name them. The
+time and status semantics are the record's (§3b); this only reads them."""
 
 from __future__ import annotations
 
@@ -12,15 +13,29 @@ from .base import Evaluation
 
 def found(
     ev: Evaluation,
-    valueset: str,
+    concept: str,
     history_counts: bool = False,
     since: datetime | None = None,
 ) -> list[tuple[Condition, ConceptMatch]]:
-    """Conditions in ``valueset``: active ones, any when history counts, or (with ``since``)
-    active ones plus inactive ones whose onset or abatement is on or after ``since``."""
+    """Conditions of ``concept``: current ones; any status when history counts; with
+    ``since``, those whose onset (else recorded date) is in the window, any status."""
+    return ev.record.conditions_in(concept, history_counts=history_counts, since=since)
+
+
+def current_or_within(
+    ev: Evaluation, concept: str, since: datetime
+) -> list[tuple[Condition, ConceptMatch]]:
+    """Current entries and, whatever their status, those with onset since ``since``."""
+    return unique(found(ev, concept) + found(ev, concept, since=since))
+
+
+def unique(hits: list[tuple[Condition, ConceptMatch]]) -> list[tuple[Condition, ConceptMatch]]:
+    """Each entry once (the first concept it was found under), in order."""
+    seen: set[str] = set()
     out = []
-    for c, m in ev.record.conditions_in(valueset, history_counts=history_counts or bool(since)):
-        if history_counts or c.active or (since is not None and c.recent(since)):
+    for c, m in hits:
+        if c.ref not in seen:
+            seen.add(c.ref)
             out.append((c, m))
     return out
 
@@ -30,5 +45,5 @@ def facts(hits: list[tuple[Condition, ConceptMatch]]) -> tuple[Fact, ...]:
 
 
 def by_drug(ev: Evaluation, esketamine: str, ketamine: str) -> str:
-    """'E critical / K warning' in the specification's terms."""
-    return esketamine if ev.order and ev.order.drug == "esketamine" else ketamine
+    """'E critical / K warning' in the specification's terms (Spravato: E)."""
+    return esketamine if ev.order and ev.order.spravato else ketamine

@@ -3,11 +3,14 @@ blood pressure (ketamine-rules.md §5, R01–R19, R40)."""
 
 from __future__ import annotations
 
-from service.engine.record import Fact
+from datetime import timedelta
+
+from service.engine.record import Fact, PregnancyStatus
 from service.engine.scope import Scope
 
 from .base import Evaluation, SuggestionSpec, finding, rule
-from .conditions import by_drug, facts, found
+from .conditions import by_drug, current_or_within, facts, found, unique
+from .monitoring import BP_ORDER
 
 REMOVE = SuggestionSpec("delete-order", "Remove this draft order")
 E_OR_K = "E critical / K warning"
@@ -149,26 +152,38 @@ def psychotic_disorder(ev: Evaluation):
     source="S4, S7; S1 [E]",
     reads=("Condition",),
     thresholds=("sud_lookback_days",),
-    trigger="F10–F19 active or within the look-back; F16.* (covers ketamine) at any time",
+    trigger="a substance use disorder (not nicotine) current or with onset in the look-back; "
+    "in remission named so; a hallucinogen disorder (covers ketamine) at any time; an active "
+    "alcohol use disorder also names alcohol's sedation",
 )
 def substance_use_disorder(ev: Evaluation):
     since = ev.days_ago(ev.policy.sud_lookback_days)
     misuse = found(ev, "hallucinogen_use", history_counts=True)
-    named = {c.ref for c, _ in misuse}
-    hits = misuse + [
-        h for h in found(ev, "substance_use_disorder", since=since) if h[0].ref not in named
-    ]
+    hits = unique(
+        misuse
+        + current_or_within(ev, "substance_use_disorder", since)
+        + current_or_within(ev, "substance_use_disorder_remission", since)
+    )
     if not hits:
         return None
+    alcohol = [c for c, _ in found(ev, "alcohol_use_disorder") if not c.remission]
     if misuse:
         summary = f"Possible ketamine misuse history (hallucinogen use disorder): {ev.drug}"
         extra = (
-            " A hallucinogen-related disorder (F16) includes ketamine misuse: "
-            "long-term misuse is linked to cognitive impairment and cystitis."
+            " A hallucinogen-related disorder includes ketamine misuse: long-term misuse is "
+            "linked to cognitive impairment and cystitis."
         )
+    elif all(c.remission for c, _ in hits):
+        summary = f"Substance use disorder in remission: assess relapse risk before {ev.drug}"
+        extra = " The disorder is recorded as in remission: weigh the risk of relapse."
     else:
         summary = f"Substance use disorder: assess misuse risk before {ev.drug}"
         extra = ""
+    if alcohol:
+        extra += (
+            " An active alcohol use disorder also adds to the sedation and respiratory "
+            "depression of ketamine/esketamine: ask about drinking before each session."
+        )
     return finding(
         "warning",
         summary,
@@ -180,9 +195,7 @@ def substance_use_disorder(ev: Evaluation):
 
 
 def _recent_bp(ev: Evaluation):
-    since = ev.days_ago(ev.policy.bp_window_days)
-    readings = [r for r in ev.record.blood_pressures if r.when >= since]
-    return readings[0] if readings else None
+    return ev.record.latest_bp(ev.days_ago(ev.policy.bp_window_days))
 
 
 def _at_or_above(value: float | None, limit: float) -> bool:
@@ -204,7 +217,12 @@ def _hazard(ev: Evaluation, bp) -> bool:
     severity="warning",
     source="S4",
     reads=("Observation 85354-9/8480-6/8462-4", "Condition"),
-    thresholds=("bp_window_days", "bp_caution_systolic", "bp_caution_diastolic"),
+    thresholds=(
+        "bp_window_days",
+        "bp_pair_minutes",
+        "bp_caution_systolic",
+        "bp_caution_diastolic",
+    ),
     trigger="latest BP in the window at or above the caution threshold (below the hazard "
     "threshold, which R09 reports); a hypertension diagnosis with normal readings is "
     "an info note",
@@ -222,7 +240,7 @@ def elevated_blood_pressure(ev: Evaluation):
     ):
         return finding(
             "warning",
-            f"Blood pressure {bp.text()}: weigh delaying {ev.drug}",
+            f"Blood pressure {bp.text()}: weigh delaying {ev.drug}"[:139],
             f"The latest blood pressure is at or above {p.bp_caution_systolic:g}/"
             f"{p.bp_caution_diastolic:g} mmHg, the Spravato label's general guide for weighing "
             "a delay. Ketamine and esketamine raise blood pressure, peaking about 40 minutes "
@@ -233,7 +251,7 @@ def elevated_blood_pressure(ev: Evaluation):
     if hypertension and bp is not None and not _hazard(ev, bp):
         return finding(
             "info",
-            f"Hypertension on record: recheck BP ({bp.text()}) before {ev.drug}",
+            f"Hypertension on record: recheck BP ({bp.text()}) before {ev.drug}"[:139],
             "Hypertension is recorded; recheck blood pressure before the dose.",
             facts(hypertension) + bp.facts,
         )
@@ -244,38 +262,49 @@ def elevated_blood_pressure(ev: Evaluation):
     "R09",
     title="Hazardous blood pressure or hypertensive crisis",
     applies=Scope.ALL,
-    severity="critical",
+    severity="critical / warning (older reading)",
     source="S16, S19, S4",
-    reads=("Observation", "Condition"),
+    reads=("Observation 85354-9/8480-6/8462-4", "Condition"),
     thresholds=(
+        "bp_now_hours",
         "bp_window_days",
+        "bp_pair_minutes",
         "bp_hazard_systolic",
         "bp_hazard_diastolic",
         "hypertensive_crisis_days",
     ),
-    trigger="latest BP in the window at or above the hazard threshold, or a hypertensive "
-    "crisis (I16.*) in the crisis window",
+    trigger="latest BP at or above the hazard threshold: within the now-window critical (remove "
+    "the order), older in the BP window a warning to recheck (order a BP); a hypertensive "
+    "crisis with onset in the crisis window critical",
 )
 def hazardous_blood_pressure_or_hypertensive_crisis(ev: Evaluation):
     p = ev.policy
     bp = _recent_bp(ev)
-    crisis = [
-        h
-        for h in found(ev, "hypertensive_crisis", history_counts=True)
-        if h[0].onset is not None and h[0].onset >= ev.days_ago(p.hypertensive_crisis_days)
-    ]
-    if not (_hazard(ev, bp) or crisis):
+    crisis = found(ev, "hypertensive_crisis", since=ev.days_ago(p.hypertensive_crisis_days))
+    hazard = _hazard(ev, bp)
+    if not (hazard or crisis):
         return None
-    found_facts = (bp.facts if _hazard(ev, bp) else ()) + facts(crisis)
-    what = f"Blood pressure {bp.text()}" if _hazard(ev, bp) else "Recent hypertensive crisis"
+    limits = f"{p.bp_hazard_systolic:g}/{p.bp_hazard_diastolic:g} mmHg"
+    if hazard and not crisis and bp.when < ev.now - timedelta(hours=p.bp_now_hours):
+        days = (ev.now - bp.when).days
+        return finding(
+            "warning",
+            f"Blood pressure {bp.text()} {days} days ago: recheck before {ev.drug}"[:139],
+            f"The latest blood pressure, {days} days old, was at or above {limits}. Ketamine "
+            "and esketamine raise blood pressure: recheck it before dosing and do not dose "
+            "while it stays at or above this.",
+            bp.facts,
+            (BP_ORDER,),
+        )
+    found_facts = (bp.facts if hazard else ()) + facts(crisis)
+    what = f"Blood pressure {bp.text()}" if hazard else "Recent hypertensive crisis"
     return finding(
         "critical",
-        f"{what}: a further rise with {ev.drug} may be hazardous",
-        f"Blood pressure at or above {p.bp_hazard_systolic:g}/{p.bp_hazard_diastolic:g} mmHg "
-        "(uncontrolled hypertension), or a hypertensive crisis in the last "
-        f"{p.hypertensive_crisis_days} days. Both labels contraindicate ketamine/esketamine "
-        "where a blood pressure rise is a serious hazard. Do not dose now: control the blood "
-        "pressure first.",
+        f"{what}: a further rise with {ev.drug} may be hazardous"[:139],
+        f"Blood pressure at or above {limits} (uncontrolled hypertension), or a hypertensive "
+        f"crisis in the last {p.hypertensive_crisis_days} days. Both labels contraindicate "
+        "ketamine/esketamine where a blood pressure rise is a serious hazard. Do not dose "
+        "now: control the blood pressure first.",
         found_facts,
         (REMOVE,),
     )
@@ -286,28 +315,36 @@ def hazardous_blood_pressure_or_hypertensive_crisis(ev: Evaluation):
     title="Cardiovascular or cerebrovascular disease",
     applies=Scope.ALL,
     severity="warning",
-    source="S4, S18, S20; S1 [E]",
+    source="S4, S18, S19, S20; S1 [E]",
     reads=("Condition",),
     thresholds=("recent_mi_days",),
-    trigger="ischaemic heart disease I20–I25, heart failure I50.*, stroke I63.* (active); "
-    "unstable angina and recent MI named",
+    trigger="MI or acute coronary syndrome with onset in the window (any status, named "
+    "recent); current ischaemic heart disease or heart failure; stroke or TIA at any time",
 )
 def cardiovascular_or_cerebrovascular_disease(ev: Evaluation):
-    hits = found(ev, "ischaemic_heart_disease") + found(ev, "heart_failure") + found(ev, "stroke")
+    since = ev.days_ago(ev.policy.recent_mi_days)
+    acute = found(ev, "myocardial_infarction", since=since) + found(
+        ev, "acute_coronary_syndrome", since=since
+    )
+    hits = unique(
+        acute
+        + found(ev, "ischaemic_heart_disease")
+        + found(ev, "heart_failure")
+        + found(ev, "stroke_tia", history_counts=True)
+    )
     if not hits:
         return None
-    since = ev.days_ago(ev.policy.recent_mi_days)
-    acute = found(ev, "unstable_angina") + found(ev, "acute_mi", since=since)
     named = ""
     if acute:
         named = (
-            f" Unstable angina or a myocardial infarction in the last "
+            f" A myocardial infarction or acute coronary syndrome in the last "
             f"{ev.policy.recent_mi_days} days is recorded: the UK label contraindicates "
             "ketamine in severe coronary disease."
         )
+    what = "Recent MI/ACS" if acute else "Cardio-/cerebrovascular disease"
     return finding(
         "warning",
-        f"Cardio-/cerebrovascular disease: individual risk assessment before {ev.drug}",
+        f"{what}: individual risk assessment before {ev.drug}",
         "Ketamine and esketamine raise blood pressure and heart rate. Assess cardiovascular "
         "and cerebrovascular conditions carefully; consider anaesthesia input for medically "
         "complex patients." + named,
@@ -323,11 +360,12 @@ def cardiovascular_or_cerebrovascular_disease(ev: Evaluation):
     source="S4, S12, S20",
     reads=("Condition",),
     thresholds=("head_injury_days",),
-    trigger="G93.2, G93.5, G93.6, G91.* (active), or intracranial injury S06.* in the window",
+    trigger="raised intracranial pressure (current), or a traumatic brain injury with onset in "
+    "the window (any status); an older head injury is silent",
 )
 def possible_raised_intracranial_pressure(ev: Evaluation):
-    hits = found(ev, "raised_icp") + found(
-        ev, "intracranial_injury", since=ev.days_ago(ev.policy.head_injury_days)
+    hits = found(ev, "raised_intracranial_pressure") + found(
+        ev, "traumatic_brain_injury", since=ev.days_ago(ev.policy.head_injury_days)
     )
     if not hits:
         return None
@@ -451,11 +489,16 @@ def under_18(ev: Evaluation):
     if age >= 18:
         return None
     severity = by_drug(ev, "critical", "warning")
+    if severity == "critical":
+        summary = f"Patient is {age} years old: {ev.drug} is not approved under 18"
+    else:
+        summary = f"Patient is {age} years old: {ev.drug} is not studied for depression under 18"
     return finding(
         severity,
-        f"Patient is {age} years old: {ev.drug} is not approved under 18",
+        summary,
         "Safety and effectiveness in patients under 18 are not established (Spravato label); "
-        "antidepressants raise suicidality risk in young people.",
+        "ketamine is approved for no age in depression. Antidepressants raise suicidality "
+        "risk in young people.",
         (
             Fact(
                 f"Patient/{ev.record.patient_id}",
@@ -472,53 +515,45 @@ def under_18(ev: Evaluation):
     applies=Scope.ALL,
     severity="warning",
     source="S4, S14",
-    reads=("Condition", "Observation 82810-3, 2106-3, 2118-8"),
+    reads=("Condition", "Observation 82810-3, hCG tests (obs_pregnancy_tests)"),
     thresholds=(
         "reproductive_age_min",
         "reproductive_age_max",
-        "pregnancy_onset_days",
+        "pregnancy_condition_days",
         "pregnancy_window_days",
+        "hcg_positive_miu_ml",
     ),
-    trigger="active pregnancy code, an O-chapter condition with recent onset (not O00–O08), "
-    "latest pregnancy status 'pregnant', or a positive hCG in the window",
+    trigger="newest evidence wins: a current pregnancy or obstetric condition (not an abortive "
+    "outcome) with recent onset, a 'pregnant' status, or a positive hCG in the window, unless "
+    "newer negative evidence exists",
 )
 def pregnancy(ev: Evaluation):
     p = ev.policy
     age = ev.record.age_on(ev.order_time)
     if age is not None and not p.reproductive_age_min <= age <= p.reproductive_age_max:
         return None
-    hits = facts(found(ev, "pregnancy"))
-    hits += facts(
-        [
-            h
-            for h in found(ev, "pregnancy_o_chapter")
-            if h[0].onset and h[0].onset >= ev.days_ago(p.pregnancy_onset_days)
-        ]
-    )
-    status = ev.record.latest(ev.terminology.loinc_codes("pregnancy_status"))
-    pregnant_code = ev.terminology.loinc["pregnancy_status"]["answers"]["pregnant"]
-    if status and status.answer and status.answer.code == pregnant_code:
-        hits += (status.fact(),)
-    since = ev.days_ago(p.pregnancy_window_days)
-    for code in ev.terminology.loinc_codes("hcg_urine") + ev.terminology.loinc_codes("hcg_serum"):
-        for o in ev.record.observations.get(code, ()):
-            if o.when and o.when >= since and positive(o.answer_text):
-                hits += (o.fact(o.answer_text),)
-    if not hits:
+    status = pregnancy_status(ev)
+    if not status.pregnant:
         return None
     return finding(
         "warning",
         f"Pregnancy recorded: {ev.drug} may cause fetal harm",
         "Animal data suggest fetal harm; esketamine is not recommended in pregnancy. Discuss "
         "the risk; if the patient is pregnant, do not start (stop and counsel if on treatment).",
-        hits,
+        status.evidence,
     )
 
 
-def positive(text: str) -> bool:
-    """A qualitative test result that reads positive (not 'negative'/'not detected')."""
-    t = text.lower()
-    return ("positive" in t or "detected" in t) and not ("negative" in t or "not detected" in t)
+def pregnancy_status(ev: Evaluation) -> PregnancyStatus:
+    """The record's answer (§3b, newest evidence wins) with the policy's windows."""
+    p = ev.policy
+    return ev.record.pregnancy(
+        ev.now,
+        p.pregnancy_condition_days,
+        p.pregnancy_window_days,
+        p.hcg_positive_miu_ml,
+        ("pregnancy", "pregnancy_obstetric"),
+    )
 
 
 @rule(
@@ -563,6 +598,70 @@ def age_65_or_over_esketamine(ev: Evaluation):
         "Esketamine peak levels and exposure are higher in older patients; start cautiously "
         "and monitor closely.",
         (Fact(f"Patient/{ev.record.patient_id}", value=f"age {age}"),),
+    )
+
+
+@rule(
+    "R41",
+    title="Respiratory disease: respiratory-depression risk",
+    applies=Scope.ALL,
+    severity="info",
+    source="S7, S11, S16",
+    reads=("Condition",),
+    trigger="current respiratory disease with respiratory-depression risk (COPD, sleep apnoea, …)",
+)
+def respiratory_disease(ev: Evaluation):
+    return _info(
+        ev,
+        "respiratory_depression_risk",
+        f"Respiratory disease: pulse oximetry throughout {ev.drug}",
+        "Respiratory depression is a labelled risk of ketamine/esketamine; with lung disease "
+        "or sleep apnoea monitor oxygen saturation throughout and lower the threshold for "
+        "anaesthesia input.",
+    )
+
+
+@rule(
+    "R43",
+    title="Age 18–24: suicidality warning",
+    applies=Scope.ALL,
+    severity="info",
+    source="S4, S6",
+    reads=("Patient.birthDate",),
+    trigger="age 18 to 24 at the order date",
+)
+def age_18_to_24(ev: Evaluation):
+    age = ev.record.age_on(ev.order_time)
+    if age is None or not 18 <= age <= 24:
+        return None
+    return finding(
+        "info",
+        f"Age {age}: monitor for emergent suicidality on {ev.drug}",
+        "Antidepressants carry a class warning of increased suicidal thoughts and behaviours "
+        "in patients under 25: monitor for worsening and emergent suicidality.",
+        (Fact(f"Patient/{ev.record.patient_id}", value=f"age {age} at the order date"),),
+    )
+
+
+@rule(
+    "R44",
+    title="Hypertensive encephalopathy history",
+    applies=Scope.ALL,
+    severity="info",
+    source="S4",
+    reads=("Condition",),
+    trigger="hypertensive encephalopathy (I67.4 or text), history counts",
+)
+def hypertensive_encephalopathy_history(ev: Evaluation):
+    hits = found(ev, "hypertensive_encephalopathy", history_counts=True)
+    if not hits:
+        return None
+    return finding(
+        "info",
+        f"Hypertensive encephalopathy on record: monitor BP closely with {ev.drug}",
+        "A history of hypertensive encephalopathy: ketamine/esketamine raise blood pressure. "
+        "Monitor blood pressure more intensively before, during and after the session.",
+        facts(hits),
     )
 
 

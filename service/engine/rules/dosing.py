@@ -3,6 +3,7 @@ explicit units: mg and g are accepted; any other unit is reported, never guessed
 
 from __future__ import annotations
 
+from service.engine.orders import UNRECOGNISED
 from service.engine.record import Fact, Observation, weight_kg
 from service.engine.scope import Scope
 
@@ -76,8 +77,8 @@ def weight_basis_in_obesity(ev: Evaluation):
 
 @rule(
     "R25",
-    title="IV ketamine dose per kg",
-    applies=Scope.KIV,
+    title="Ketamine dose per kg",
+    applies=Scope.K,
     severity="warning / critical",
     source="S3; S16",
     reads=("MedicationRequest.dosageInstruction", "Observation 29463-7"),
@@ -85,13 +86,21 @@ def weight_basis_in_obesity(ev: Evaluation):
         "dose_target_mg_per_kg",
         "dose_tolerance",
         "dose_anaesthetic_mg_per_kg",
+        "bolus_minutes",
+        "dose_critical_mg_per_kg",
+        "im_dose_target_mg_per_kg",
+        "esketamine_iv_target_mg_per_kg",
         "weight_window_days",
     ),
-    trigger="dose ÷ latest weight outside target ± tolerance (warning); at or above the "
-    "anaesthetic threshold (critical); a dose that cannot be read (warning)",
+    trigger="IV ketamine: dose ÷ latest weight outside target ± tolerance (warning); critical "
+    "only at or above the anaesthetic dose given faster than the bolus time (or no time "
+    "stated), or at or above the critical dose; a dose that cannot be read (warning). IM "
+    "ketamine and injected esketamine: mg/kg shown, checked only against a site target",
 )
-def iv_ketamine_dose_per_kg(ev: Evaluation):
+def ketamine_dose_per_kg(ev: Evaluation):
     p, order = ev.policy, ev.order
+    if order.route not in ("iv", None, UNRECOGNISED, "im"):
+        return None  # oral, nasal, sublingual: no per-kg regimen to check against
     if order.dose is None:
         if ev.hook != "order-sign":
             return None  # order-select: details may still be missing
@@ -102,43 +111,57 @@ def iv_ketamine_dose_per_kg(ev: Evaluation):
             "be checked. State the dose in mg.",
             (_order_fact(ev, "no dose"),),
         )
-    weight = latest_weight(ev)
-    per_kg = mg_per_kg(ev)
     if order.dose_mg_per_kg is None and order.dose_mg is None:
         return finding(
             "warning",
-            f"Dose unit “{order.dose.unit}” not understood: {ev.drug} dose not checked",
+            f"Dose unit “{order.dose.unit}” not understood: {ev.drug} dose not checked"[:139],
             "Only mg, g or mg/kg doses are checked; other units are not converted by guesswork. "
             "Write the dose in mg.",
             (_order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}"),),
         )
+    per_kg = mg_per_kg(ev)
     if per_kg is None:
         return None  # R34 says the weight is missing or unusable
+    weight = latest_weight(ev)
+    found_facts = [_order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}")]
+    if weight and weight[0]:
+        found_facts.append(weight[1].fact())
+    if order.drug == "esketamine" or order.route == "im":
+        target = (
+            p.esketamine_iv_target_mg_per_kg
+            if order.drug == "esketamine"
+            else (p.im_dose_target_mg_per_kg)
+        )
+        return _site_target(ev, per_kg, target, found_facts)
     low = p.dose_target_mg_per_kg * (1 - p.dose_tolerance)
     high = p.dose_target_mg_per_kg * (1 + p.dose_tolerance)
     if low <= per_kg <= high:
         return None
-    found_facts = [_order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}")]
     suggestions = ()
-    if weight and weight[0]:
-        found_facts.append(weight[1].fact())
-        target = round(p.dose_target_mg_per_kg * weight[0], 1)
-        if order.dose_mg_per_kg is None:
-            suggestions = (
-                SuggestionSpec(
-                    "update-dose",
-                    f"Change the dose to {target:g} mg ({p.dose_target_mg_per_kg:g} mg/kg)",
-                    dose_mg=target,
-                ),
-            )
-    if per_kg >= p.dose_anaesthetic_mg_per_kg:
+    if weight and weight[0] and order.dose_mg_per_kg is None:
+        dose = round(p.dose_target_mg_per_kg * weight[0], 1)
+        suggestions = (
+            SuggestionSpec(
+                "update-dose",
+                f"Change the dose to {dose:g} mg ({p.dose_target_mg_per_kg:g} mg/kg)",
+                dose_mg=dose,
+            ),
+        )
+    fast = order.minutes is None or order.minutes < p.bolus_minutes
+    if per_kg >= p.dose_critical_mg_per_kg or (per_kg >= p.dose_anaesthetic_mg_per_kg and fast):
+        given = (
+            "with no infusion time stated"
+            if order.minutes is None
+            else (f"over {order.minutes:g} min")
+        )
         return finding(
             "critical",
-            f"IV ketamine {per_kg:.2f} mg/kg is in the anaesthetic range "
-            f"(≥ {p.dose_anaesthetic_mg_per_kg:g} mg/kg)",
-            f"Anaesthetic induction starts at {p.dose_anaesthetic_mg_per_kg:g} mg/kg IV. The "
-            f"studied antidepressant dose is {p.dose_target_mg_per_kg:g} mg/kg over 40 minutes. "
-            "Check the dose and the units.",
+            f"IV ketamine {per_kg:.2f} mg/kg {given}: anaesthetic range"[:139],
+            f"Anaesthetic induction starts at {p.dose_anaesthetic_mg_per_kg:g} mg/kg IV given "
+            f"quickly (site policy: under {p.bolus_minutes:g} min, or at or above "
+            f"{p.dose_critical_mg_per_kg:g} mg/kg at any rate). The studied antidepressant "
+            f"dose is {p.dose_target_mg_per_kg:g} mg/kg over 40 minutes. Check the dose, the "
+            "units and the infusion time.",
             found_facts,
             suggestions,
         )
@@ -147,10 +170,34 @@ def iv_ketamine_dose_per_kg(ev: Evaluation):
         f"IV ketamine {per_kg:.2f} mg/kg: studied antidepressant dose is "
         f"{p.dose_target_mg_per_kg:g} mg/kg",
         f"Most published antidepressant reports used {p.dose_target_mg_per_kg:g} mg/kg over 40 "
-        f"minutes (accepted here: {low:.2f}–{high:.2f} mg/kg). Other doses are less studied; "
-        "tell the patient as part of consent if you keep this dose.",
+        f"minutes (accepted here: {low:.2f}–{high:.2f} mg/kg); higher doses up to 1 mg/kg over "
+        "40 minutes were studied arms. Other doses are less studied; tell the patient as part "
+        "of consent if you keep this dose.",
         found_facts,
         suggestions,
+    )
+
+
+def _site_target(ev: Evaluation, per_kg: float, target: float | None, found_facts: list[Fact]):
+    """IM ketamine and injected esketamine: no sourced target; the dose per kg is shown, and
+    checked only against a target the site set."""
+    if target is None:
+        return finding(
+            "info",
+            f"{ev.drug}: {per_kg:.2f} mg/kg (no site target set for this route)"[:139],
+            "There is no sourced antidepressant dose for this drug and route; the dose per kg "
+            "is shown for the prescriber's judgement (site policy may set a target).",
+            found_facts,
+        )
+    p = ev.policy
+    if target * (1 - p.dose_tolerance) <= per_kg <= target * (1 + p.dose_tolerance):
+        return None
+    return finding(
+        "warning",
+        f"{ev.drug}: {per_kg:.2f} mg/kg, site target {target:g} mg/kg"[:139],
+        f"The site's target for this drug and route is {target:g} mg/kg ± "
+        f"{p.dose_tolerance:.0%} (site policy).",
+        found_facts,
     )
 
 
@@ -162,8 +209,9 @@ def iv_ketamine_dose_per_kg(ev: Evaluation):
     source="S3; S1 [E]",
     reads=("MedicationRequest.dosageInstruction",),
     thresholds=("infusion_min_minutes", "infusion_max_minutes"),
-    trigger="infusion shorter or longer than the policy window (from timing duration or the "
-    "dosage text); not stated on order-sign",
+    trigger="infusion shorter or longer than the policy window, from the timing duration, the "
+    "rate (mg/time with the dose, mL/time with the volume) or the dosage text; not stated on "
+    "order-sign",
 )
 def iv_ketamine_infusion_time(ev: Evaluation):
     p, minutes = ev.policy, ev.order.minutes
@@ -201,7 +249,8 @@ def iv_ketamine_infusion_time(ev: Evaluation):
     severity="info",
     source="S1 [E]; S31",
     reads=("MedicationRequest.dosageInstruction.route",),
-    trigger="ketamine route not intravenous (IM, intranasal, oral, sublingual), or no route",
+    trigger="ketamine route not intravenous (named as recognised from code or text), no route, "
+    "or a route code not recognised (checked as IV)",
 )
 def ketamine_by_a_route_other_than_iv(ev: Evaluation):
     route = ev.order.route
@@ -214,9 +263,17 @@ def ketamine_by_a_route_other_than_iv(ev: Evaluation):
             "The order states no route; the dose was checked as an IV dose. State the route.",
             (_order_fact(ev, "route not stated"),),
         )
+    if route == UNRECOGNISED:
+        return finding(
+            "info",
+            f"{ev.order.route_text} not recognised: checked as IV"[:139],
+            "The route's code is not one the service reads (SNOMED CT route codes, HL7 v3 "
+            "RouteOfAdministration); the dose was checked as an IV dose. Check the route.",
+            (_order_fact(ev, ev.order.route_text or "route code"),),
+        )
     return finding(
         "info",
-        f"Ketamine by the {route} route: less studied than IV for depression",
+        f"{ev.drug} by the {route} route: less studied than IV for depression"[:139],
         "IM, intranasal (compounded), oral and sublingual ketamine are understudied for "
         "depression; dose equivalence with IV is uncertain.",
         (_order_fact(ev, f"route {ev.order.route_text or route}"),),
@@ -229,13 +286,14 @@ def ketamine_by_a_route_other_than_iv(ev: Evaluation):
     applies=Scope.E,
     severity="warning",
     source="S7, S13",
-    reads=("MedicationRequest", "MedicationAdministration"),
-    thresholds=("esketamine_elderly_age",),
-    trigger="dose not 56 or 84 mg (28 mg only at 65+); first dose not 56 mg; 84 mg with no "
-    "prior 56 mg",
+    reads=("MedicationRequest", "MedicationAdministration", "Condition"),
+    thresholds=("mdsi_window_days", "allow_28mg_geriatric", "esketamine_elderly_age"),
+    trigger="dose not 56 or 84 mg; first dose not 56 mg or 84 mg with no prior 56 mg, unless "
+    "MDSI (suicidal ideation/behaviour in the window, or as the order's reason: 84 mg from day "
+    "1 is the label regimen); 28 mg not a US-labelled dose unless the site allows it at 65+",
 )
 def esketamine_dose(ev: Evaluation):
-    order = ev.order
+    order, p = ev.order, ev.policy
     if order.dose is None:
         return (
             None
@@ -250,16 +308,21 @@ def esketamine_dose(ev: Evaluation):
     mg = order.dose_mg
     prior = [a for a in ev.record.administrations if a.drug == "esketamine" and a.when < ev.now]
     age = ev.record.age_on(ev.order_time)
-    allowed = {56.0, 84.0} | (
-        {28.0} if age is not None and age >= ev.policy.esketamine_elderly_age else set()
-    )
+    elderly = age is not None and age >= p.esketamine_elderly_age
+    mdsi = found(ev, "suicidal_ideation_attempt", since=ev.days_ago(p.mdsi_window_days))
+    mdsi_reason = any(ev.terminology.member(r, "suicidal_ideation_attempt") for r in order.reasons)
     problem = None
     if mg is None:
         problem = f"dose unit “{order.dose.unit}” not understood (write mg)"
-    elif mg not in allowed:
-        problem = (
-            f"{mg:g} mg is not a labelled dose ({', '.join(f'{d:g}' for d in sorted(allowed))} mg)"
-        )
+    elif mg == 28:
+        if not (elderly and p.allow_28mg_geriatric):
+            problem = (
+                "28 mg is not a US-labelled dose (some non-US labels start patients ≥ 65 at 28 mg)"
+            )
+    elif mg not in (28, 56, 84):
+        problem = f"{mg:g} mg is not a labelled dose (56 or 84 mg)"
+    elif mdsi or mdsi_reason:
+        problem = None  # MDSI: 84 mg from day 1 is the label regimen
     elif not prior and mg != 56:
         problem = f"the first dose should be 56 mg, not {mg:g} mg"
     elif mg == 84 and not any(a.dose_mg == 56 for a in prior):
@@ -269,8 +332,9 @@ def esketamine_dose(ev: Evaluation):
     return finding(
         "warning",
         f"Spravato dose: {problem}"[:139],
-        "Label schedule (TRD): day 1 56 mg, then 56 or 84 mg; one device is 28 mg. Adjust on "
-        "efficacy and tolerability of the previous dose.",
+        "Label schedule (TRD): day 1 56 mg, then 56 or 84 mg; one device is 28 mg. With "
+        "suicidal ideation or behaviour (MDSI) 84 mg from day 1. Adjust on efficacy and "
+        "tolerability of the previous dose.",
         (
             _order_fact(ev, f"dose {order.dose.value:g} {order.dose.unit}"),
             *(

@@ -1,36 +1,54 @@
-"""Interactions with current medication (ketamine-rules.md §5, R20–R24).
+"""Interactions with current medication (ketamine-rules.md §5, R20–R24, R42).
 
-"Current" is the record's rule (spec §3): active or on-hold requests, active or intended
-statements, or one completed/stopped within ``policy.recent_med_days`` (drugs linger).
+"Current" is the record's (§3b): an active request or statement dated within
+``policy.active_med_lookback_days`` (or covering now), or one completed/stopped within
+``policy.recent_med_days`` (drugs linger). An older "active" entry is stale: it is listed in
+the plan card as possibly outdated and drives no warning.
 """
 
 from __future__ import annotations
 
-from service.engine.record import Fact
+from service.engine.record import MedicationHit, MedState
 from service.engine.scope import Scope
-from service.engine.terminology import Ingredient
 
 from .base import Evaluation, finding, rule
-from .conditions import facts, found
+
+LOOKBACK = ("recent_med_days", "active_med_lookback_days")
 
 
-def current(
-    ev: Evaluation, drug_class: str, active_only: bool = False
-) -> list[tuple[Fact, Ingredient]]:
-    """The current medications in a drug class, each with the ingredient that matched."""
-    out = []
-    for m in ev.record.medications:
-        if not (m.active if active_only else m.current(ev.now, ev.policy.recent_med_days)):
-            continue
-        for ing in m.ingredients:
-            if ing.drug_class == drug_class:
-                out.append((m.fact(ing), ing))
-                break
-    return out
+def medications(ev: Evaluation, drug_class: str) -> list[MedicationHit]:
+    p = ev.policy
+    return ev.record.medications_in(
+        drug_class, ev.now, p.active_med_lookback_days, p.recent_med_days
+    )
 
 
-def _names(hits: list[tuple[Fact, Ingredient]]) -> str:
-    return ", ".join(dict.fromkeys(ing.name for _, ing in hits))
+def _names(hits: list[MedicationHit]) -> str:
+    return ", ".join(dict.fromkeys(h.ingredient.name for h in hits))
+
+
+def _interaction(ev: Evaluation, classes: tuple[str, ...], summary: str, detail: str):
+    """A warning for current (or recently ended) drugs of ``classes``; stale entries alone
+    give an info note for the plan card."""
+    hits = [h for c in classes for h in medications(ev, c)]
+    live = [h for h in hits if h.state is not MedState.STALE]
+    if live:
+        return finding(
+            "warning",
+            summary.format(names=_names(live)[:60], drug=ev.drug)[:139],
+            detail,
+            tuple(h.fact() for h in live),
+        )
+    if hits:
+        return finding(
+            "info",
+            f"Possibly outdated: {_names(hits)[:60]} still listed as active"[:139],
+            "These entries are marked active but are older than the medication look-back "
+            f"({ev.policy.active_med_lookback_days} days): reconcile the medication list. "
+            "If the patient still takes them: " + detail,
+            tuple(h.fact() for h in hits),
+        )
+    return None
 
 
 @rule(
@@ -39,37 +57,21 @@ def _names(hits: list[tuple[Fact, Ingredient]]) -> str:
     applies=Scope.ALL,
     severity="warning",
     source="S4, S14, S16",
-    reads=("MedicationRequest", "MedicationStatement", "Condition"),
-    thresholds=("recent_med_days",),
-    trigger="a current benzodiazepine, Z-drug, opioid or barbiturate, or active alcohol use "
-    "disorder F10.*",
+    reads=("MedicationRequest", "MedicationStatement"),
+    thresholds=LOOKBACK,
+    trigger="a current benzodiazepine, opioid or other CNS depressant medication (Z-drug, "
+    "barbiturate, gabapentinoid, sedating antihistamine or antipsychotic, muscle relaxant); "
+    "diagnoses never fire it (R07 names alcohol)",
 )
 def cns_depressant(ev: Evaluation):
-    hits = current(ev, "cns_depressants")
-    alcohol = found(ev, "alcohol_use_disorder")
-    if not hits and not alcohol:
-        return None
-    what = _names(hits) or "alcohol use disorder"
-    return finding(
-        "warning",
-        f"CNS depressant ({what[:60]}) with {ev.drug}: more sedation",
-        "Benzodiazepines, opioids, other sedatives and alcohol add to the sedation and "
-        "respiratory depression of ketamine/esketamine (profound sedation, coma or death are "
-        "possible). Monitor closely for sedation and breathing; consider reducing or timing "
-        "the other drug.",
-        tuple(f for f, _ in hits) + facts(alcohol),
-    )
-
-
-def _interaction(ev: Evaluation, drug_class: str, summary: str, detail: str):
-    hits = current(ev, drug_class)
-    if not hits:
-        return None
-    return finding(
-        "warning",
-        summary.format(names=_names(hits)[:60], drug=ev.drug),
-        detail,
-        tuple(f for f, _ in hits),
+    return _interaction(
+        ev,
+        ("benzodiazepines", "opioids", "cns_depressants_other"),
+        "CNS depressant ({names}) with {drug}: more sedation",
+        "Benzodiazepines, opioids and other sedatives add to the sedation and respiratory "
+        "depression of ketamine/esketamine (profound sedation, coma or death are possible). "
+        "Monitor closely for sedation and breathing; consider reducing or timing the other "
+        "drug.",
     )
 
 
@@ -80,13 +82,13 @@ def _interaction(ev: Evaluation, drug_class: str, summary: str, detail: str):
     severity="warning",
     source="S4, S14",
     reads=("MedicationRequest", "MedicationStatement"),
-    thresholds=("recent_med_days",),
+    thresholds=LOOKBACK,
     trigger="a current amphetamine, methylphenidate, modafinil or armodafinil",
 )
 def psychostimulant(ev: Evaluation):
     return _interaction(
         ev,
-        "psychostimulants",
+        ("psychostimulants",),
         "Psychostimulant ({names}) with {drug}: monitor BP closely",
         "Psychostimulants add to the blood pressure rise of ketamine/esketamine. Monitor blood "
         "pressure closely during and after the session.",
@@ -100,14 +102,14 @@ def psychostimulant(ev: Evaluation):
     severity="warning",
     source="S4, S10",
     reads=("MedicationRequest", "MedicationStatement"),
-    thresholds=("recent_med_days",),
+    thresholds=LOOKBACK,
     trigger="a current MAOI (phenelzine, tranylcypromine, isocarboxazid, moclobemide, "
     "selegiline, rasagiline)",
 )
 def maoi(ev: Evaluation):
     return _interaction(
         ev,
-        "maois",
+        ("maois",),
         "MAOI ({names}) with {drug}: marked BP rises reported",
         "Monoamine oxidase inhibitors with esketamine have produced marked blood pressure rises "
         "(e.g. 200/99 mmHg at 2 h with phenelzine); there are no controlled studies. Monitor "
@@ -122,13 +124,13 @@ def maoi(ev: Evaluation):
     severity="warning",
     source="S16",
     reads=("MedicationRequest", "MedicationStatement"),
-    thresholds=("recent_med_days",),
+    thresholds=LOOKBACK,
     trigger="current theophylline or aminophylline",
 )
 def theophylline_or_aminophylline(ev: Evaluation):
     return _interaction(
         ev,
-        "theophyllines",
+        ("theophyllines",),
         "{names} with {drug}: seizure threshold may fall",
         "The ketamine label advises avoiding theophylline or aminophylline with ketamine: the "
         "combination may lower the seizure threshold.",
@@ -145,9 +147,12 @@ def theophylline_or_aminophylline(ev: Evaluation):
     trigger="active lamotrigine or clonidine, or a regularly taken (active) benzodiazepine",
 )
 def may_blunt_the_antidepressant_response(ev: Evaluation):
-    hits = current(ev, "response_dampeners", active_only=True) + current(
-        ev, "benzodiazepines", active_only=True
-    )
+    hits = [
+        h
+        for c in ("lamotrigine", "clonidine", "benzodiazepines")
+        for h in medications(ev, c)
+        if h.state is MedState.CURRENT and h.medication.active
+    ]
     if not hits:
         return None
     return finding(
@@ -156,5 +161,32 @@ def may_blunt_the_antidepressant_response(ev: Evaluation):
         "The founding editorial names GABA-enhancing drugs (benzodiazepines), lamotrigine and "
         "alpha-adrenergic agents such as clonidine as possibly dampening ketamine's "
         "antidepressant effect. Evidence uncertain: note it when judging the response.",
-        tuple(f for f, _ in hits),
+        tuple(h.fact() for h in hits),
+    )
+
+
+@rule(
+    "R42",
+    title="No oral antidepressant with Spravato",
+    applies=Scope.E,
+    severity="warning",
+    source="S13",
+    reads=("MedicationRequest", "MedicationStatement"),
+    thresholds=LOOKBACK,
+    trigger="no current oral antidepressant: Spravato is given with one (TRD and MDSI)",
+)
+def no_oral_antidepressant_with_spravato(ev: Evaluation):
+    if ev.missing("medicationRequests") or ev.missing("medicationStatements"):
+        return None
+    hits = medications(ev, "oral_antidepressants")
+    if any(h.state is not MedState.STALE for h in hits):
+        return None
+    stale = f" Listed but possibly outdated: {_names(hits)[:60]}." if hits else ""
+    return finding(
+        "warning",
+        "No current oral antidepressant: Spravato is given together with one",
+        "The Spravato label (TRD and MDSI) is for use in conjunction with an oral "
+        "antidepressant; none is current in the record." + stale + " Confirm the patient "
+        "takes one, or start one.",
+        tuple(h.fact() for h in hits),
     )

@@ -18,6 +18,21 @@ def prior(ev: Evaluation, drug: str | None = None) -> list[Administration]:
     ]
 
 
+def course_so_far(ev: Evaluation, drug: str | None = None) -> list[Administration]:
+    """The administrations of the current course (of ``drug``, or of either), oldest first:
+    those since the last gap of ``policy.reinduction_gap_days`` or more (R29, R36). Empty
+    when the order starts a course: none before, or the last one that long ago."""
+    given = prior(ev, drug)
+    gap = timedelta(days=ev.policy.reinduction_gap_days)
+    if not given or ev.now - given[-1].when >= gap:
+        return []
+    start = 0
+    for i in range(1, len(given)):
+        if given[i].when - given[i - 1].when >= gap:
+            start = i
+    return given[start:]
+
+
 def admin_facts(admins: list[Administration]) -> tuple[Fact, ...]:
     return tuple(
         Fact(a.ref, None, a.when, f"{a.drug}" + (f" {a.dose_mg:g} mg" if a.dose_mg else ""))
@@ -37,16 +52,18 @@ def rating_codes(ev: Evaluation) -> tuple[str, ...]:
     severity="warning",
     source="S13",
     reads=("MedicationAdministration",),
-    trigger="weeks 1–4: more than 2 doses in a rolling 7 days; week 5 on: more than 1, "
-    "counting this order",
+    thresholds=("schedule_tolerance_hours", "reinduction_gap_days"),
+    trigger="counting this order, in 7 calendar days (with the tolerance): weeks 1–4 of the "
+    "course more than 2 doses, week 5 on more than 1; a gap of the re-induction length starts "
+    "a new course",
 )
 def esketamine_frequency_above_the_label_schedule(ev: Evaluation):
-    given = prior(ev, "esketamine")
-    if not given:
-        return None
-    week = ev.now - timedelta(days=7)
-    recent = [a for a in given if a.when > week]
-    induction = ev.now - given[0].when < timedelta(days=28)
+    course = course_so_far(ev, "esketamine")
+    if not course:
+        return None  # the first dose of a course (or of a re-induction)
+    week = timedelta(days=7) - timedelta(hours=ev.policy.schedule_tolerance_hours)
+    recent = [a for a in course if ev.now - a.when < week]
+    induction = ev.now - course[0].when < timedelta(days=28)
     limit = 2 if induction else 1
     if len(recent) + 1 <= limit:
         return None
@@ -55,7 +72,8 @@ def esketamine_frequency_above_the_label_schedule(ev: Evaluation):
         "warning",
         f"Spravato: {len(recent) + 1} doses in 7 days exceeds the {phase} schedule"[:139],
         f"Label schedule: twice weekly in weeks 1–4, once weekly in weeks 5–8, then every 1–2 "
-        f"weeks. This would be dose {len(recent) + 1} within 7 days (limit {limit}).",
+        f"weeks. This would be dose {len(recent) + 1} within 7 calendar days (limit {limit}; "
+        f"course started {course[0].when.date()}).",
         admin_facts(recent),
     )
 
@@ -151,7 +169,8 @@ def previous_dose_less_than_the_minimum_interval_ago(ev: Evaluation):
     source="S15, S30; S1 [E]",
     reads=("MedicationRequest", "MedicationStatement", "Procedure"),
     thresholds=("trd_min_trials", "trd_lookback_days"),
-    trigger="fewer distinct antidepressants than the policy minimum in the look-back, and no ECT",
+    trigger="fewer distinct antidepressants than the policy minimum (active ones whatever their "
+    "date, others in the look-back), and no ECT",
 )
 def treatment_resistance_not_evident(ev: Evaluation):
     p = ev.policy
@@ -160,8 +179,8 @@ def treatment_resistance_not_evident(ev: Evaluation):
     since = ev.days_ago(p.trd_lookback_days)
     trials: dict[str, Fact] = {}
     for m in ev.record.medications:
-        if m.when is not None and m.when < since:
-            continue
+        if not m.active and m.when is not None and m.when < since:
+            continue  # active ones count whatever their date (§3b)
         for ing in m.ingredients:
             if ing.drug_class == "antidepressants":
                 trials.setdefault(ing.name, m.fact(ing))

@@ -1,4 +1,4 @@
-"""Course surveillance for patient-view (ketamine-rules.md §5, P01–P04)."""
+"""Course surveillance for patient-view (ketamine-rules.md §5, P01–P06)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from service.engine.record import Fact, Observation
 from service.engine.scope import Scope
 
 from .base import Evaluation, finding, rule
-from .regimen import admin_facts, rating_codes
+from .conditions import facts, found
+from .regimen import admin_facts, course_so_far, rating_codes
 
 
 def ratings(ev: Evaluation) -> list[Observation]:
@@ -163,4 +164,71 @@ def bladder_symptoms_during_the_course(ev: Evaluation):
         "Ulcerative or interstitial cystitis is reported with repeated ketamine use. Ask about "
         "urinary symptoms, test urine, and refer to urology if they persist.",
         tuple(c.fact(m) for c, m in hits),
+    )
+
+
+@rule(
+    "P05",
+    title="Regimen beyond the evidence",
+    applies=Scope.COURSE,
+    severity="warning",
+    source="S1 [E], S4",
+    reads=("MedicationAdministration",),
+    thresholds=("ketamine_course_days", "ketamine_max_per_30d", "reinduction_gap_days"),
+    trigger="ketamine: the course longer than the course length, or more sessions in 30 days "
+    "than the maximum; esketamine: maintenance beyond 1 year",
+)
+def regimen_beyond_the_evidence(ev: Evaluation):
+    p = ev.policy
+    problems = []
+    for drug in ("ketamine", "esketamine"):
+        course = course_so_far(ev, drug)
+        if not course:
+            continue
+        days = (ev.now - course[0].when).days
+        if drug == "ketamine":
+            month = [a for a in course if a.when >= ev.days_ago(30)]
+            if len(month) > p.ketamine_max_per_30d:
+                problems.append((f"{len(month)} ketamine sessions in 30 days", course))
+            elif days > p.ketamine_course_days:
+                problems.append((f"a ketamine course of {days} days", course))
+        elif days > 365:
+            problems.append((f"esketamine for {days} days (beyond 1 year)", course))
+    if not problems:
+        return None
+    what = "; ".join(w for w, _ in problems)
+    return finding(
+        "warning",
+        f"Regimen beyond the evidence: {what}"[:139],
+        "Repeated and maintenance ketamine have poorly understood long-term risks (cognition, "
+        "bladder, misuse); esketamine's effects beyond 1 year were not evaluated. Reassess "
+        "continuing, and consider enrolling the patient in a registry.",
+        tuple(f for _, c in problems for f in admin_facts([c[0], c[-1]])),
+    )
+
+
+@rule(
+    "P06",
+    title="Cognition watch",
+    applies=Scope.COURSE,
+    severity="warning",
+    source="S4, S6; S1 [E]",
+    reads=("Condition",),
+    trigger="dementia or cognitive impairment first recorded after the first dose",
+)
+def cognition_watch(ev: Evaluation):
+    admins = ev.record.administrations
+    if not admins:
+        return None
+    first = admins[0].when
+    hits = found(ev, "dementia_cognitive_impairment", history_counts=True)
+    if not hits or any(c.onset is None or c.onset <= first for c, _ in hits):
+        return None  # known before the course (or undated): not a change during it
+    return finding(
+        "warning",
+        f"Cognitive impairment recorded since starting {ev.drug}: review the course",
+        "Long-term and frequent ketamine use is linked to cognitive impairment. A dementia or "
+        "cognitive impairment diagnosis first recorded during the course: assess cognition "
+        "and review whether to continue.",
+        facts(hits),
     )
