@@ -4,12 +4,16 @@ FHIR R4 resources."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from cds_hooks.service import ServiceCatalog, handle
+from service.config import Settings
 from service.engine.cards import RULE_SYSTEM, RenderContext, evidence_grade, render
 from service.engine.overrides import MAX_PER_RULE
 from service.engine.overrides import catalogue as override_catalogue
@@ -17,6 +21,8 @@ from service.engine.record import Fact
 from service.engine.rules import RULES, Finding
 from service.engine.rules.base import SuggestionSpec
 from service.tools.convert import ketamine_order
+from service.tools.fixtures import load, names
+from service.web.app import build_engine, create_app
 
 CTX = RenderContext("p1", "https://cds.example.org", "policy-7")
 ORDER = ketamine_order(60, "iv", 40, patient_id="p1", authored="2026-03-02T09:30:00Z")
@@ -241,3 +247,71 @@ def test_the_evidence_grade_is_named_where_a_rule_is_not_a_label_fact():
         assert evidence_grade(rule_id) == "", rule_id
     [card] = render([found(editorial[0], "warning")], {REF: ORDER}, CTX)
     assert "**Evidence grade:** editorial [E]" in card.detail
+
+
+# -- over every fixture: the words and numbers of spec §7 v2 ---------------------------------
+
+ANNOTATION = re.compile(r"\d\s*\{[^}]*\}")  # a UCUM annotation after a number: "19 {score}"
+DECIMAL_BP = re.compile(r"\d+\.\d+\s*/\s*\d|\d\s*/\s*\d+\.\d+\s*mmHg|\d+\.\d+ mmHg")
+
+
+def fixture_cards():
+    engine = build_engine(Settings())
+    catalog = ServiceCatalog(engine.services())
+    for name in names():
+        request, expected = load(name)
+        if expected.get("fhir_data_from"):
+            continue
+        _, response = handle(catalog.get(expected["service"]), request, None, "http://cds.test")
+        yield name, response.to_json()["cards"]
+
+
+@pytest.fixture(scope="module")
+def every_fixtures_cards():
+    return list(fixture_cards())
+
+
+def test_every_summary_fits_under_140_characters_without_being_cut(every_fixtures_cards):
+    for name, cards in every_fixtures_cards:
+        for card in cards:
+            assert len(card["summary"]) < 140 and not card["summary"].endswith("…"), name
+
+
+def test_no_ucum_annotation_undated_fact_or_fractional_blood_pressure(every_fixtures_cards):
+    for name, cards in every_fixtures_cards:
+        for card in cards:
+            for text in (card["summary"], card["detail"]):
+                assert not ANNOTATION.search(text), (name, ANNOTATION.search(text))
+                assert "date not recorded" not in text, name
+                assert not DECIMAL_BP.search(text), (name, DECIMAL_BP.search(text))
+
+
+def test_every_suggestion_appears_once_per_response(every_fixtures_cards):
+    for name, cards in every_fixtures_cards:
+        actions = [
+            (
+                a["type"],
+                a.get("resourceId"),
+                (a.get("resource") or {}).get("code", {}).get("coding", [{}])[0].get("code"),
+                str((a.get("resource") or {}).get("dosageInstruction")),
+            )
+            for card in cards
+            for s in card.get("suggestions", ())
+            for a in s["actions"]
+        ]
+        assert len(actions) == len(set(actions)), name
+
+
+def test_the_rule_catalogue_shows_each_rules_override_reasons_and_the_snooze():
+    client = create_app(Settings(registry=False, auth="off")).test_client()
+    data = client.get("/rules.json").get_json()
+    r20 = next(r for r in data["rules"] if r["id"] == "R20")
+    assert [r["code"] for r in r20["override_reasons"]] == [
+        c.code for c in override_catalogue().for_rule("R20")
+    ]
+    assert [(s["code"], s["months"]) for s in data["snooze_reasons"]] == [
+        ("snooze-1-month", 1),
+        ("snooze-3-months", 3),
+    ]
+    html = client.get("/rules").get_data(as_text=True)
+    assert "Co-medication reviewed and adjusted" in html and "Snooze for 3 months" in html
