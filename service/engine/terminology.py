@@ -59,8 +59,6 @@ from .valuesets import ValueSet, ValueSetError
 
 DATA = resources.files("service.engine") / "data"
 
-__all__ = ["ValueSetError"]  # re-exported: the error a bad site folder raises
-
 
 def load_yaml(name: str) -> Any:
     return yaml.safe_load(DATA.joinpath(name).read_text("utf-8"))
@@ -312,7 +310,7 @@ class Concept:
     ingredients: dict[str, str]  # lower-case name or synonym → (canonical name) for drugs
     groups: dict[str, str]  # canonical ingredient name → group
     code_systems: set[str] = field(default_factory=set)  # short names of its codes' systems
-    code_count: int = 0  # codes indexed for it (after any display filter)
+    members: set[tuple[str, str]] = field(default_factory=set)  # (system, code) as written
     text: re.Pattern[str] | None = None
     text_not: re.Pattern[str] | None = None  # text that vetoes a text match (never a code)
     heads: set[str] | None = None  # possible starts of a text match; None: always try
@@ -350,14 +348,12 @@ class Terminology:
         # a site policy's extra codes and drug names; names no concept knows have no effect
         # (``ketamine-cds policy check`` warns about them)
         for name, codes in (extra_codes or {}).items():
-            for c in codes if name in self.aliases or name in self.concepts else ():
-                target = self._targets(name)[0]
-                prefix = c.get("match") == "prefix"
-                self._index(target, c["system"], str(c["code"]), False, "", "site", prefix)
+            for target in self._targets(name, strict=False)[:1]:
+                for c in codes:
+                    prefix = c.get("match") == "prefix"
+                    self._index(target, c["system"], str(c["code"]), False, "", "site", prefix)
         for name, drugs in (extra_drugs or {}).items():
-            for target in (
-                self._targets(name) if name in self.aliases or name in self.concepts else ()
-            ):
+            for target in self._targets(name, strict=False):
                 concept = self.concepts[target]
                 for drug in drugs:
                     concept.ingredients[drug.lower()] = drug
@@ -432,18 +428,22 @@ class Terminology:
     ) -> None:
         entry = _Entry(concept, needs_text, display, source, prefix)
         self.concepts[concept].code_systems.add(system)
-        self.concepts[concept].code_count += 1
+        self.concepts[concept].members.add((system, code))
         if prefix:
             self._prefix[system].append((normalise(system, code), entry))
         else:
             self._exact[(system, normalise(system, code))].append(entry)
 
-    def _targets(self, name: str) -> tuple[str, ...]:
+    def _targets(self, name: str, strict: bool = True) -> tuple[str, ...]:
+        """The concepts a name stands for (an alias may stand for several); an unknown name
+        is an error, or nothing when not ``strict``."""
         if name in self.aliases:
             return self.aliases[name]
         if name in self.concepts:
             return (name,)
-        raise ValueSetError(f"unknown value set or concept {name!r}")
+        if strict:
+            raise ValueSetError(f"unknown value set or concept {name!r}")
+        return ()
 
     # -- what is known ------------------------------------------------------------------
 
@@ -458,16 +458,16 @@ class Terminology:
         return sorted(drugs)
 
     def codes(self, name: str, system: str | None = None) -> frozenset[str]:
-        """The codes (as written in the sets) of a concept or alias, optionally of one system
-        (a short name such as ``loinc`` or a system URI)."""
-        uri = self.systems.get(system, system) if system else None
-        out: set[str] = set()
-        for target in self._targets(name):
-            for key in self.concepts[target].valuesets:
-                out.update(
-                    m.code for m in self.valuesets[key].members if uri is None or m.system == uri
-                )
-        return frozenset(out)
+        """The codes (as written) of a concept or alias — its sets' after any display filter,
+        gap and site codes — optionally of one system (a short name such as ``loinc``, or a
+        system URI)."""
+        short = self.short.get(system, system) if system else None
+        return frozenset(
+            code
+            for target in self._targets(name)
+            for s, code in self.concepts[target].members
+            if short is None or s == short
+        )
 
     # -- concepts -------------------------------------------------------------------------
 

@@ -284,6 +284,10 @@ def test_a_site_folder_adds_a_set_with_a_new_id(tmp_path):
     terms = load_terminology(tmp_path)
     assert "local_ect" in terms.valuesets and len(terms.valuesets) == 48
     assert terms.codes("local_ect") == {"999999999"}
+    assert "50458-028-02" in TERMS.codes("esketamine_drug", "ndc")
+    assert "6130" not in TERMS.codes("esketamine_drug")  # the display filter applies
+    assert TERMS.codes("hypertensive_encephalopathy") == {"I67.4"}  # a gap code
+    assert TERMS.codes("obs_phq9", "http://loinc.org") == {"44261-6", "89204-2"}
 
 
 @pytest.mark.parametrize(

@@ -214,7 +214,7 @@ def _concept_problems(terms: Terminology, named: list[tuple[str, str]]) -> list[
         if name not in known:
             found.append(f"{module}: names {name!r}, which is no loaded value set or concept")
     for name, concept in sorted(terms.concepts.items()):
-        if concept.valuesets and not concept.code_count:
+        if concept.valuesets and not concept.members:
             found.append(f"valuesets.yaml: concept {name!r} selects no code of {concept.valuesets}")
     return found
 
