@@ -283,6 +283,7 @@ def test_no_ucum_annotation_undated_fact_or_fractional_blood_pressure(every_fixt
             for text in (card["summary"], card["detail"]):
                 assert not ANNOTATION.search(text), (name, ANNOTATION.search(text))
                 assert "date not recorded" not in text, name
+                assert "in the window" not in text, name  # "none recorded in the last N days"
                 assert not DECIMAL_BP.search(text), (name, DECIMAL_BP.search(text))
 
 

@@ -160,7 +160,13 @@ def no_recent_weight(ev: Evaluation):
         found_facts = (weight[1].fact(),)
     else:
         why = f"No body weight is recorded in the last {ev.policy.weight_window_days} days."
-        found_facts = (Fact("Observation", value="no body weight 29463-7 in the window"),)
+        found_facts = (
+            Fact(
+                "Observation",
+                value=f"body weight 29463-7: none recorded in the last "
+                f"{ev.policy.weight_window_days} days",
+            ),
+        )
     return finding(
         "warning",
         f"No usable recent weight: the {ev.drug} mg/kg dose cannot be checked",
