@@ -390,13 +390,18 @@ def smart_blueprint(
         )
         return response
 
-    def no_session() -> Refusal:
-        return Refusal(
-            401,
-            "No course view session",
-            "There is no course view open in this browser, or it has ended. Open the course "
-            "view again from the patient's record in the EHR.",
-        )
+    def current(kind: type[Launch] | type[Grant]) -> tuple[str, Any]:
+        """The session id and its launch or grant; a 401 refusal when there is none."""
+        sid = session_id()
+        item = store.get(sid) if sid else None
+        if sid is None or not isinstance(item, kind):
+            raise Refusal(
+                401,
+                "No course view session",
+                "There is no course view open in this browser, or it has ended. Open the "
+                "course view again from the patient's record in the EHR.",
+            )
+        return sid, item
 
     @bp.after_request
     def _headers(response: Response) -> Response:
@@ -447,10 +452,7 @@ def smart_blueprint(
 
     @bp.get("/smart/callback")
     def callback() -> Response:
-        sid = session_id()
-        pending = store.get(sid) if sid else None
-        if not isinstance(pending, Launch):
-            raise no_session()
+        sid, pending = current(Launch)
         store.drop(sid)  # one authorization per launch
         if request.args.get("error"):
             raise Refusal(
@@ -513,10 +515,7 @@ def smart_blueprint(
 
     @bp.get("/smart/course")
     def course() -> Response:
-        sid = session_id()
-        grant = store.get(sid) if sid else None
-        if not isinstance(grant, Grant):
-            raise no_session()
+        _, grant = current(Grant)
         asked = request.args.get("patient")
         if asked is not None and asked != grant.patient:
             raise Refusal(

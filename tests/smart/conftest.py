@@ -13,6 +13,10 @@ from fixtures.builder import NOW, Patient
 from service.tools.fixtures import shift
 from tests.conftest import Server, free_port, start_gunicorn, stop
 
+# Chromium (one per module) and a page that fails its test on any console error, a CSP
+# violation included: the preview tests' fixtures
+from tests.web.test_preview_browser import browser, page  # noqa: F401
+
 from .ehr import CLIENT_ID, Ehr, EhrServer
 
 PATIENT, OTHER = "kcds-smart-1", "kcds-smart-2"

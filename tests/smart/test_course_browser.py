@@ -2,8 +2,9 @@
 downloaded browser) from the EHR's launch URL through the loopback authorization server to
 the course view, and reads what a clinician would see.
 
-Skips, saying why, where /usr/bin/chromium or the playwright package is missing. With
-KCDS_UPDATE_SCREENSHOT=1 the screenshot is also written to docs/course-view.png; otherwise it
+The browser is the preview test's fixture (see conftest.py); it skips, saying why, where
+/usr/bin/chromium or the playwright package is missing. With KCDS_UPDATE_SCREENSHOT=1 the
+screenshot is also written to docs/course-view.png; otherwise it
 goes to the test's temporary folder only, so a test run never changes the work tree.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -22,42 +22,7 @@ from .conftest import AFTER, PATIENT, PHQ9, SESSION_DAYS
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = ROOT / "docs" / "course-view.png"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no browser: {CHROMIUM} is missing (apt-get install chromium)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright package is not installed"
-    )
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 1600})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    yield page
-    context.close()
-    assert errors == [], f"the page logged errors (a CSP violation is one): {errors}"
 
 
 def rows(page, table: str) -> list[list[str]]:
