@@ -7,11 +7,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Request, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.utils import get_current_url
 
 from . import openapi
 from .auth import AuthenticationError, Caller
@@ -62,6 +64,13 @@ def _parse_json(raw: bytes) -> Any:
         raise bad_request(f"the request body is not valid JSON: {exc}", field="body") from None
 
 
+@lru_cache(maxsize=64)
+def _host_url(scheme: str, host: str) -> str:
+    """The service's base URL as this request reached it (werkzeug's ``host_url`` without
+    the trailing slash), worked out once per scheme and host, not in every request."""
+    return get_current_url(scheme, host).rstrip("/")
+
+
 def _require_json() -> None:
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES:
@@ -74,8 +83,10 @@ def _require_json() -> None:
 
 def _allowed_origin(settings: ProtocolSettings) -> str | None:
     """The Access-Control-Allow-Origin for this request's Origin; None when not allowed."""
+    if not settings.cors_origins:
+        return None
     origin = request.headers.get("Origin")
-    if not origin or not settings.cors_origins:
+    if not origin:
         return None
     if settings.cors_origins == ("*",):
         return "*"
@@ -97,7 +108,9 @@ def create_blueprint(
     )
 
     def base_url() -> str:
-        return (settings.public_url or request.host_url).rstrip("/")
+        if settings.public_url:
+            return settings.public_url.rstrip("/")
+        return _host_url(request.scheme, request.host)
 
     def authorise(path: str) -> None:
         if authenticate is not None:
@@ -211,23 +224,30 @@ def install(app: Flask, blueprint: Blueprint, settings: ProtocolSettings) -> Non
 
     @app.after_request
     def _access_log(response: Response) -> Response:
-        started = g.get("started")
+        seen = vars(g._get_current_object())  # what this request's handlers left in g
+        started = seen.get("started")
         seconds = time.perf_counter() - started if started else None
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        rule = request.url_rule
+        route = rule.rule if rule else "unmatched"
         request.environ[ROUTE_KEY] = route  # for a server's own access log: no raw path
+        status = response.status_code
+        if seconds is not None:
+            settings.observer.request_done(route, seen.get("service_id"), status, seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return response
         fields = {
             "method": request.method,
             "path": route,
-            "status": response.status_code,
+            "status": status,
             "duration_ms": round(seconds * 1000, 2) if seconds is not None else None,
         }
-        if seconds is not None:
-            settings.observer.request_done(
-                route, g.get("service_id"), response.status_code, seconds
-            )
         for name in ("service_id", "hook_instance", "iss", "tenant", "error"):
-            if g.get(name):
-                fields[name] = g.get(name)
-        fields.update(g.get("log_fields") or {})
-        log.info("request", extra={"fields": fields})
+            if seen.get(name):
+                fields[name] = seen[name]
+        fields.update(seen.get("log_fields") or {})
+        # Logger.info would first look up its caller's file and line (walking the stack):
+        # nothing here logs them, so the record is made directly
+        record = log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None)
+        record.fields = fields
+        log.handle(record)
         return response
