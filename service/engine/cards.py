@@ -65,7 +65,7 @@ def evidence_grade(rule_id: str) -> str:
     (``sources.yaml``, the citation's own [E]/[U] mark) and its thresholds' sources (the
     policy schema's ``x-source``): '' when the rule rests on labels alone."""
     rule = RULES[rule_id]
-    editorial, policy = [], []
+    editorial, policy, verified = [], [], False
     for token in (t.strip() for t in rule.source.replace(";", ",").split(",")):
         known = sources().get(token.split(" ")[0])
         status = known["status"] if known else ""
@@ -73,6 +73,7 @@ def evidence_grade(rule_id: str) -> str:
             editorial.append(known["label"] if known else token)
         elif "[U]" in token or "policy" in token:
             policy.append("the rule itself")
+        verified = verified or "[V]" in status
     thresholds = policy_schema()["properties"]["thresholds"]["properties"]
     policy += [
         f"`{name}`"
@@ -84,7 +85,10 @@ def evidence_grade(rule_id: str) -> str:
         parts.append(f"editorial [E] ({'; '.join(dict.fromkeys(editorial))})")
     if policy:
         parts.append(f"site policy [U] ({', '.join(dict.fromkeys(policy))})")
-    return f"**Evidence grade:** {' and '.join(parts)}: not a label fact." if parts else ""
+    if not parts:
+        return ""
+    rest = "; the rest from verified sources [V]" if verified else ""
+    return f"**Evidence grade:** {'; '.join(parts)}{rest}."
 
 
 @dataclass(frozen=True)
