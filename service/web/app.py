@@ -29,7 +29,6 @@ from service.tools.convert import ketamine_order, to_hook_request
 
 from . import logs
 from .admin import admin_blueprint
-from .course import course_blueprint
 from .health import health_blueprint
 from .metrics import Metrics, metrics_blueprint
 from .preview import preview_blueprint, preview_enabled
@@ -155,6 +154,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         )
     smart = SmartSettings.of(settings)
     if smart is not None:  # the SMART course view (KCDS_SMART_CLIENT_ID; docs/smart.md)
+        from .course import course_blueprint  # Matplotlib: ~1 s and ~45 MB, only when used
+
         app.register_blueprint(course_blueprint(smart, engine, settings))
     if registry and settings.admin_token:
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
