@@ -35,7 +35,8 @@ from service.config import Settings
 from service.engine.cards import RenderContext, render
 from service.engine.hooks import KetamineCDS
 from service.engine.orders import ketamine_orders
-from service.engine.rules import ORDER_SCOPES, Evaluation, evaluate
+from service.engine.rules import Evaluation, evaluate
+from service.engine.snooze import look_up
 from service.web.app import build_engine
 
 BASE_URL = "http://127.0.0.1:8080"
@@ -43,7 +44,17 @@ BASE_URL = "http://127.0.0.1:8080"
 #: KCDS_MAX_PREFETCH_RESOURCES) so that the 10,000-observation point of the series is evaluated
 #: instead of refused; the limit changes what is refused, not what an accepted request costs
 BENCH_MAX_RESOURCES = 20_000
-STAGES = ("parse", "validate", "prefetch", "orders", "record", "rules", "cards", "serialise")
+STAGES = (
+    "parse",
+    "validate",
+    "prefetch",
+    "orders",
+    "record",
+    "rules",
+    "snooze",
+    "cards",
+    "serialise",
+)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -137,11 +148,24 @@ class Bench:
         findings = []
         for order in orders:
             ev = Evaluation(record, order, engine.policy, engine.terminology, now, req.hook)
-            findings.extend(evaluate(ev, ORDER_SCOPES))
+            findings.extend(evaluate(ev))
         times["rules"] = clock() - t
 
         t = clock()
-        ctx = RenderContext(req.context["patientId"], req.base_url, engine.policy.version)
+        patient_id = req.context["patientId"]
+        drugs = {o.ref: o.drug for o in orders}
+        snoozed = look_up(engine.snoozes, patient_id, set(drugs.values()), now)
+        times["snooze"] = clock() - t
+
+        t = clock()
+        ctx = RenderContext(
+            patient_id,
+            req.base_url,
+            engine.policy.version,
+            drugs=drugs,
+            snoozed=snoozed,
+            snooze_offered=engine.snoozes is not None,
+        )
         cards = render(findings, {o.ref: o.resource for o in orders}, ctx)
         times["cards"] = clock() - t
 

@@ -27,6 +27,8 @@ from machine import Meter, calibrate, process_seconds, wait_quiet
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "python:service.web.gunicorn_conf"  # the production settings
+APP = "service.web.wsgi:app"
+FLOOR = "bench.floor:app"  # reads and parses the body, nothing else (bench/floor.py)
 LUA = Path(__file__).resolve().parent / "post.lua"
 
 
@@ -95,10 +97,10 @@ def rss_mb(pid: int) -> float | None:
 
 
 def start(
-    log_dir: Path, env: dict[str, str] | None = None, config: str = CONFIG
+    log_dir: Path, env: dict[str, str] | None = None, config: str = CONFIG, app: str = APP
 ) -> tuple[Server, float]:
-    """gunicorn with the production settings (or ``config``, to try another); returns it
-    and the seconds until it answered."""
+    """gunicorn with the production settings (or ``config``, to try another) serving ``app``
+    (the service, or the floor); returns it and the seconds until it answered."""
     port = free_port()
     log = log_dir / f"gunicorn-{port}.log"
     metrics = log_dir / f"metrics-{port}"  # prometheus multiprocess files, kept with the logs
@@ -120,7 +122,7 @@ def start(
             f"127.0.0.1:{port}",
             "--config",
             config,
-            "service.web.wsgi:app",
+            app,
         ],
         cwd=ROOT,
         env=full_env,
@@ -229,15 +231,24 @@ def run(
     env: dict[str, str] | None = None,
     max_wait: float = 4.0,
     config: str = CONFIG,
+    floor: bool = True,
 ) -> dict[str, Any]:
-    """Load per workload and concurrency, RSS per worker, and cold first requests."""
+    """Load per workload and concurrency, on the service and (``floor``) on the floor app
+    right after it with the same settings; RSS per worker, and cold first requests."""
     log_dir = results_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob("gunicorn-*.log"):  # keep only this run's logs
         old.unlink()
-    out: dict[str, Any] = {"settings": _settings(env, config), "load": [], "cold": [], "rss_mb": {}}
+    out: dict[str, Any] = {
+        "settings": _settings(env, config),
+        "load": [],
+        "floor": [],
+        "cold": [],
+        "rss_mb": {},
+    }
     server, boot = start(log_dir, env, config)
     out["boot_seconds"] = boot
+    bare = start(log_dir, env, config, FLOOR)[0] if floor else None
     try:
         out["rss_mb"]["idle"] = {str(p): rss_mb(p) for p in server.workers()}
         for w in workloads:
@@ -250,18 +261,24 @@ def run(
                     {"workload": w.name, "error": f"HTTP {status}: {answer[:300].decode()}"}
                 )
                 continue
-            wrk(server.url + path, body_file, 8, min(2.0, seconds))  # warm up both workers
+            for s in (server, bare) if bare else (server,):
+                wrk(s.url + path, body_file, 8, min(2.0, seconds))  # warm up both workers
             for c in concurrency:
-                if max_wait:
-                    wait_quiet(max_wait)
-                result = measured_wrk(server, server.url + path, body_file, c, seconds)
-                result["workload"] = w.name
-                result["request_bytes"] = len(w.raw)
-                out["load"].append(result)
+                for s, rows in ((server, out["load"]), (bare, out["floor"])):
+                    if s is None:
+                        continue
+                    if max_wait:
+                        wait_quiet(max_wait)
+                    result = measured_wrk(s, s.url + path, body_file, c, seconds)
+                    result["workload"] = w.name
+                    result["request_bytes"] = len(w.raw)
+                    rows.append(result)
             out["rss_mb"][f"after {w.name}"] = {str(p): rss_mb(p) for p in server.workers()}
         out["rss_mb"]["master"] = rss_mb(server.process.pid)
     finally:
         server.stop()
+        if bare is not None:
+            bare.stop()
     booted = server.log.read_text("utf-8", errors="replace").count("Booting worker")
     out["workers_booted"] = booted  # more than KCDS_WORKERS: recycled (max_requests) or died
     if cold_workload is not None:
