@@ -1,17 +1,29 @@
 """Fetching missing prefetch data from the client's FHIR server.
 
 One pooled :class:`requests.Session` per process; the keys of one request are fetched
-concurrently under one total time budget; search results are followed through their
-``next`` links up to a page cap. ``fhirServer`` must be on the allow-list
-(:class:`AllowedServers`). The bearer token is only ever sent to ``fhirServer`` (``next``
-links elsewhere are not followed, redirects never are) and is never logged or kept. Each
-response is size-capped and held to the same input limits as a request.
+concurrently; search results are followed through their ``next`` links up to a page cap.
+``fhirServer`` must be on the allow-list (:class:`AllowedServers`). The bearer token is only
+ever sent to ``fhirServer`` (``next`` links elsewhere are not followed, redirects never are)
+and is never logged or kept. Each response is held to the same input limits as a request.
+
+What one request may cost, whatever the server does:
+
+- time: one deadline for all the fetches of the request (``timeout``), checked between the
+  chunks of every streamed body too, so a server that trickles a byte at a time is cut off
+  (its connection closed) once the deadline passes, not after each read's timeout;
+- bytes: ``max_bytes`` per response and ``max_request_bytes`` for all the responses of the
+  request together (a server sending 18 MB Bundles for every key no longer fills memory);
+- threads: each ``fhirServer`` (scheme, host and port) has its own fetch threads,
+  ``server_concurrency`` of them per process, so one slow server queues only its own fetches
+  and never takes the threads another server's fetches need.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +45,8 @@ class FetchSettings:
     timeout: float = 3.0  # total budget for all fetches of one request, seconds
     max_pages: int = 20  # per key, including the first
     max_bytes: int = 20 * 1024 * 1024  # per response
+    max_request_bytes: int = 20 * 1024 * 1024  # all the responses of one request together
+    server_concurrency: int = 8  # fetches in flight to one fhirServer, per process
     allowed_servers: tuple[str, ...] = ("https://",)  # fhirServer URL prefixes
     limits: InputLimits = field(default_factory=InputLimits)  # max_entries: per key
 
@@ -82,11 +96,32 @@ class FhirClient:
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="fhir")
+        self._pools: OrderedDict[str, ThreadPoolExecutor] = OrderedDict()
+        self._pools_lock = threading.Lock()
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self._pools_lock:
+            pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
         self.session.close()
+
+    def _pool(self, base: str) -> ThreadPoolExecutor:
+        """The fetch threads of ``base``'s server (created on first use, in the process that
+        uses them: no thread survives gunicorn's fork). The least recently used of more than
+        :data:`MAX_SERVERS` servers is let go once its fetches end."""
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(base))
+        with self._pools_lock:
+            pool = self._pools.get(origin)
+            if pool is None:
+                pool = ThreadPoolExecutor(
+                    self.settings.server_concurrency, thread_name_prefix="fhir"
+                )
+                self._pools[origin] = pool
+                if len(self._pools) > MAX_SERVERS:
+                    self._pools.popitem(last=False)[1].shutdown(wait=False)
+            self._pools.move_to_end(origin)
+            return pool
 
     def allows(self, server: str) -> bool:
         return self.allowed.allows(server)
@@ -106,14 +141,14 @@ class FhirClient:
             headers["Authorization"] = f"Bearer {token}"
         base = base.rstrip("/") + "/"
         started = time.monotonic()
+        budget = Budget(deadline, self.settings.max_request_bytes)
+        pool = self._pool(base)
         jobs = {
-            key: self.executor.submit(self._timed, base, url, headers, deadline, None)
+            key: pool.submit(self._timed, base, url, headers, budget, None)
             for key, url in wanted.items()
         }
         for key, result in partial.items():
-            jobs[key] = self.executor.submit(
-                self._timed, base, result.next_url, headers, deadline, result
-            )
+            jobs[key] = pool.submit(self._timed, base, result.next_url, headers, budget, result)
         done, _ = wait(jobs.values(), timeout=max(0.0, deadline - time.monotonic()) + 0.05)
         out: dict[str, KeyResult] = {}
         for key, future in jobs.items():
@@ -137,7 +172,7 @@ class FhirClient:
         base: str,
         url: str,
         headers: dict[str, str],
-        deadline: float,
+        budget: Budget,
         partial: KeyResult | None,
     ) -> KeyResult:
         resources: list[dict[str, Any]] = list(partial.resources) if partial else []
@@ -152,11 +187,11 @@ class FhirClient:
                 )
             if not _same_server(base, target):
                 return _degrade_with(resources, "next link points outside fhirServer")
-            remaining = deadline - time.monotonic()
+            remaining = budget.deadline - time.monotonic()
             if remaining <= 0:
                 return _degrade_with(resources, "time budget exceeded")
             try:
-                body, status = self._get(target, headers, remaining)
+                body, status = self._get(target, headers, budget)
             except requests.RequestException as exc:
                 log.info("fhir fetch failed", extra={"reason": type(exc).__name__})
                 return _degrade_with(resources, f"FHIR server unreachable ({type(exc).__name__})")
@@ -194,7 +229,11 @@ class FhirClient:
             first = False
         return KeyResult("fetched", resources)
 
-    def _get(self, url: str, headers: dict[str, str], timeout: float) -> tuple[Any, int]:
+    def _get(self, url: str, headers: dict[str, str], budget: Budget) -> tuple[Any, int]:
+        """GET ``url``: (the parsed JSON body, 200) or (None, the status). ValueError when the
+        body breaks a limit or is not JSON; the connection is closed as soon as it does, so
+        the server stops sending."""
+        timeout = max(0.001, budget.deadline - time.monotonic())
         with self.session.get(
             url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
         ) as response:
@@ -204,15 +243,42 @@ class FhirClient:
             if length.isdigit() and int(length) > self.settings.max_bytes:
                 raise ValueError("FHIR response larger than the configured limit")
             chunks, size = [], 0
-            for chunk in response.iter_content(65536):
+            # read1: whatever has arrived (not a full 64 kB), so the deadline is looked at
+            # between any two packets of a trickling server
+            while chunk := response.raw.read1(65536, decode_content=True):
                 size += len(chunk)
                 if size > self.settings.max_bytes:
                     raise ValueError("FHIR response larger than the configured limit")
+                budget.spend(len(chunk))
                 chunks.append(chunk)
             try:
                 return orjson.loads(b"".join(chunks)), 200
             except orjson.JSONDecodeError:
                 raise ValueError("FHIR server returned invalid JSON") from None
+
+
+#: fhirServers whose fetch threads a process keeps (the least recently used beyond go)
+MAX_SERVERS = 16
+
+
+class Budget:
+    """What the fetches of one request may still spend: time until ``deadline`` (monotonic)
+    and ``max_bytes`` in all; shared by the request's fetch threads."""
+
+    def __init__(self, deadline: float, max_bytes: int):
+        self.deadline = deadline
+        self._left = max_bytes
+        self._lock = threading.Lock()
+
+    def spend(self, size: int) -> None:
+        """Count ``size`` bytes just read; ValueError when the deadline passed or the bytes
+        ran out (the caller then drops the connection)."""
+        if time.monotonic() > self.deadline:
+            raise ValueError("time budget exceeded")
+        with self._lock:
+            self._left -= size
+            if self._left < 0:
+                raise ValueError("FHIR responses of this request larger than the configured limit")
 
 
 def _same_server(base: str, url: str) -> bool:

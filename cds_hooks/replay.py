@@ -11,9 +11,17 @@
   inserts of the same ``jti``, with a periodic purge of expired rows.
 
 The last two are shared: several service instances refuse each other's replays. Their keys
-are a SHA-256 of the issuer and the ``jti``: no token content is stored. When the store
-cannot be reached the call is refused with a 503 (fail closed, and retryable), never let
-through unchecked.
+are a SHA-256 of the issuer and the ``jti``: no token content is stored.
+
+When a shared store cannot be reached, ``outage`` decides (``KCDS_REPLAY_OUTAGE``):
+
+- ``memory`` (the default, :class:`OutageFallback`): the call goes on, checked against an
+  in-process cache that every accepted ``jti`` is also written to; a replay against the
+  same process is still refused, one against another process or instance is not, for the
+  outage's duration. Logged (once per interval, with the count) and counted. Decision
+  support goes on through a database outage;
+- ``refuse``: the call is refused with a 503 (fail closed, and retryable), never let through
+  with less than the shared check.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import suppress
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from .errors import CDSHooksError
@@ -175,10 +186,17 @@ def _sql_engine(url: str) -> Any:
         pool_pre_ping=True,
         pool_size=2,
         max_overflow=8,
+        pool_timeout=TIMEOUT,  # a call never waits longer for a connection than for an answer
         connect_args={
             "connect_timeout": math.ceil(TIMEOUT),
             "application_name": "ketamine-cds replay",
             "options": f"-c statement_timeout={int(TIMEOUT * 1000)}",
+            # a peer gone silent (no RST) fails within seconds instead of never
+            "keepalives": 1,
+            "keepalives_idle": 2,
+            "keepalives_interval": 1,
+            "keepalives_count": 2,
+            "tcp_user_timeout": int(TIMEOUT * 1000),
         },
     )
 
@@ -203,12 +221,18 @@ class SqlReplayCache:
         self._purged_at = -math.inf
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._created = False
+        with suppress(ReplayCacheUnavailable):  # an outage at start: created at first use
+            self._create()
+        self._engine.dispose()  # no connection across gunicorn's fork
+
+    def _create(self) -> None:
         self._run(
             f"CREATE TABLE IF NOT EXISTS {TABLE} ("
             " key text PRIMARY KEY, expires_at double precision NOT NULL)"
         )
         self._run(f"CREATE INDEX IF NOT EXISTS {TABLE}_expiry ON {TABLE} (expires_at)")
-        self._engine.dispose()  # no connection across gunicorn's fork
+        self._created = True
 
     def _run(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
         from sqlalchemy import exc, text
@@ -227,6 +251,8 @@ class SqlReplayCache:
             raise ReplayCacheUnavailable() from None
 
     def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
+        if not self._created:
+            self._create()
         now = self._clock()
         if now - self._purged_at >= self._purge_every:
             self._purged_at = now
@@ -255,14 +281,95 @@ class SqlReplayCache:
 PostgresReplayCache = SqlReplayCache
 
 
-def open_replay_cache(url: str, clock: Clock = time.time) -> ReplayCache:
+#: seconds a shared store that failed is left alone (calls use the in-process fallback)
+RETRY_AFTER = 2.0
+#: seconds a call waits for the shared store before the fallback checks it (a healthy one
+#: answers in a millisecond or two; a slow one must not hold every request thread)
+FALLBACK_AFTER = 0.5
+#: seconds between two log lines about calls checked by the fallback (each with the count)
+REPORT_EVERY = 10.0
+
+
+class OutageFallback:
+    """A shared :class:`ReplayCache` with an in-process stand-in for its outages.
+
+    Every ``jti`` the shared store accepts is also remembered in memory, so a token accepted
+    before an outage is still refused here during it. A store that fails, or does not answer
+    within :data:`FALLBACK_AFTER`, is left alone for :data:`RETRY_AFTER` seconds (one that
+    hangs would otherwise cost each call its timeout, and hold every request thread).
+    ``on_fallback`` (a metric) is called for each call the fallback checked.
+    """
+
+    shared = True
+
+    def __init__(self, store: ReplayCache, clock: Clock = time.time):
+        self.store = store
+        self.memory = MemoryReplayCache(clock)
+        self.on_fallback: Callable[[], None] = lambda: None
+        self._retry_at = 0.0
+        self._lock = threading.Lock()
+        self._unreported = 0
+        self._reported_at = -REPORT_EVERY
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+
+    def _calls(self) -> ThreadPoolExecutor:
+        """This process's threads for store calls (no thread survives gunicorn's fork)."""
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix="kcds-replay")
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
+        if time.monotonic() >= self._retry_at:
+            call = self._calls().submit(self.store.first_use, issuer, jti, expires_at)
+            try:
+                first = call.result(timeout=FALLBACK_AFTER)
+            except (ReplayCacheUnavailable, FutureTimeout):
+                call.cancel()
+                self._retry_at = time.monotonic() + RETRY_AFTER
+            else:
+                return self.memory.first_use(issuer, jti, expires_at) and first
+        self._fell_back()
+        return self.memory.first_use(issuer, jti, expires_at)
+
+    def _fell_back(self) -> None:
+        self.on_fallback()
+        with self._lock:
+            self._unreported += 1
+            now = time.monotonic()
+            if now - self._reported_at < REPORT_EVERY:
+                return
+            n, self._unreported, self._reported_at = self._unreported, 0, now
+        log.warning(
+            "replay cache unavailable: tokens checked against this process only",
+            extra={"fields": {"calls": n}},
+        )
+
+    def ping(self) -> None:
+        """Raises when the shared store does not answer."""
+        self.store.ping()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_replay_cache(url: str, clock: Clock = time.time, outage: str = "refuse") -> ReplayCache:
     """The replay cache a ``KCDS_REPLAY_CACHE`` URL names; ValueError for anything else.
-    ``memory`` is the in-process one (no sharing)."""
+    ``memory`` is the in-process one (no sharing). ``outage``: what a shared one does while
+    its store is down, ``refuse`` (a 503) or ``memory`` (:class:`OutageFallback`)."""
     scheme = url.split(":", 1)[0].lower()
     if url == "memory":
         return MemoryReplayCache(clock)
     if scheme in ("redis", "rediss", "unix"):
-        return RedisReplayCache(url, clock=clock)
-    if scheme.split("+", 1)[0] in ("postgresql", "postgres", "sqlite"):
-        return SqlReplayCache(url, clock=clock)
-    raise ValueError(f"must be memory, redis://…, postgresql://… or sqlite:///…, not {scheme}:…")
+        shared: ReplayCache = RedisReplayCache(url, clock=clock)
+    elif scheme.split("+", 1)[0] in ("postgresql", "postgres", "sqlite"):
+        shared = SqlReplayCache(url, clock=clock)
+    else:
+        raise ValueError(
+            f"must be memory, redis://…, postgresql://… or sqlite:///…, not {scheme}:…"
+        )
+    if outage not in ("refuse", "memory"):
+        raise ValueError(f"outage must be refuse or memory, not {outage}")
+    return OutageFallback(shared, clock) if outage == "memory" else shared

@@ -353,7 +353,7 @@ class Settings:
     )
     fhir_server_concurrency: int = _var(
         "KCDS_FHIR_SERVER_CONCURRENCY",
-        4,
+        8,
         whole(1, 64),
         "fetches in flight to one `fhirServer` per worker process; the others wait (within "
         "`KCDS_FHIR_TIMEOUT`), so one slow server cannot take every fetch thread",

@@ -48,6 +48,16 @@ _WRITE = "kcds_write"
 #: PostgreSQL advisory lock held while migrating, so instances starting together take turns
 _MIGRATION_LOCK = 7312504441
 TRANSIENT = (OperationalError, InterfaceError)
+#: libpq settings that end a connection whose peer went silent (a network partition, a
+#: failover that leaves no RST): keepalives after 5 s idle, dead after 2 unanswered 2 s
+#: apart; data unacknowledged for 10 s. Without them a query waits on the socket forever.
+DEAD_PEER = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 10_000,
+}
 
 
 class Unavailable(RuntimeError):
@@ -174,6 +184,7 @@ def _engine(url: str) -> Engine:
                 "connect_timeout": 5,
                 "application_name": "ketamine-cds",
                 "options": f"-c lock_timeout={int(LOCK_TIMEOUT_S * 1000)}",
+                **DEAD_PEER,
             },
         )
     raise ConfigError(

@@ -12,7 +12,7 @@ from cds_hooks.auth import JwtAuthenticator, JwtPolicy
 from cds_hooks.errors import CDSHooksError
 from cds_hooks.fhir import FetchSettings, FhirClient
 from cds_hooks.http import ProtocolSettings, create_blueprint, install, json_response
-from cds_hooks.replay import open_replay_cache
+from cds_hooks.replay import OutageFallback, open_replay_cache
 from cds_hooks.service import ServiceCatalog, handle
 from cds_hooks.validation import InputLimits, validator
 from service import __version__
@@ -87,7 +87,7 @@ def authenticator(settings: Settings) -> JwtAuthenticator:
         jwks_ttl=settings.jwks_cache_ttl,
     )
     try:
-        replay = open_replay_cache(settings.replay_cache)
+        replay = open_replay_cache(settings.replay_cache, outage=settings.replay_outage)
     except Exception as exc:  # unreachable at start: say which setting, not the URL
         raise ConfigError(f"KCDS_REPLAY_CACHE is unusable ({type(exc).__name__})") from None
     try:
@@ -120,6 +120,8 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
             timeout=settings.fhir_timeout,
             max_pages=settings.fhir_max_pages,
             max_bytes=settings.fhir_max_bytes,
+            max_request_bytes=settings.fhir_max_request_bytes,
+            server_concurrency=settings.fhir_server_concurrency,
             allowed_servers=settings.fhir_servers(),
             limits=limits,
         ),
@@ -168,8 +170,12 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
         registry.observer = observer
     if snoozes:
         snoozes.observe = observer.snooze_lookup
-    if authenticate is not None and authenticate.replay.shared:
-        checks["replay_cache"] = authenticate.replay.ping
+    replay = authenticate.replay if authenticate is not None else None
+    if isinstance(replay, OutageFallback):  # KCDS_REPLAY_OUTAGE=memory: a degradation
+        degradations["replay_cache"] = replay.ping
+        replay.on_fallback = observer.replay_fallback
+    elif replay is not None and replay.shared:  # refuse: no decision support without it
+        checks["replay_cache"] = replay.ping
     app.register_blueprint(health_blueprint(checks, degradations))
     app.register_blueprint(metrics_blueprint(settings.metrics_token))
     Metrics.started(__version__, engine.policy.version)

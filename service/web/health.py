@@ -34,8 +34,11 @@ from service import __version__
 
 #: seconds a readiness result is reused
 CACHE_SECONDS = 1.0
-#: seconds one dependency check may take
+#: seconds one check of readiness may take
 CHECK_WITHIN = 2.0
+#: seconds a degradation's check may take before it is reported as not answering: the
+#: answer must not wait on what it does not depend on
+DEGRADATION_WITHIN = 0.25
 
 #: raises when the dependency is not usable; may return a state worth reporting ("ok" if None)
 Check = Callable[[], Any]
@@ -44,8 +47,9 @@ Check = Callable[[], Any]
 class Readiness:
     """Runs named checks with a time limit, at most once per :data:`CACHE_SECONDS`."""
 
-    def __init__(self, checks: dict[str, Check]):
+    def __init__(self, checks: dict[str, Check], within: float = CHECK_WITHIN):
         self.checks = checks
+        self.within = within
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
         self._running: dict[str, Future] = {}
@@ -71,14 +75,14 @@ class Readiness:
                 future = self._running.get(name)
                 if future is None or future.done():  # a hung check is waited on, not repeated
                     self._running[name] = pool.submit(check)
-            deadline = now + CHECK_WITHIN
+            deadline = now + self.within
             results = {}
             for name, future in self._running.items():
                 try:
                     value = future.result(timeout=max(0.0, deadline - time.monotonic()))
                     results[name] = "ok" if value is None else value
                 except FutureTimeout:
-                    results[name] = f"no answer within {CHECK_WITHIN:g} s"
+                    results[name] = f"no answer within {self.within:g} s"
                 except Exception as exc:
                     results[name] = f"failed ({type(exc).__name__})"
             self._result = (time.monotonic(), results)
@@ -94,8 +98,8 @@ def health_blueprint(
 ) -> Blueprint:
     """``checks`` decide readiness; ``degradations`` are reported in its body only: each
     returns its state (a string, or a dict holding ``state``), ``ok`` when all is well."""
-    degradations = degradations or {}
-    readiness = Readiness({**checks, **degradations})
+    readiness = Readiness(checks)
+    degraded = Readiness(degradations or {}, DEGRADATION_WITHIN)
     bp = Blueprint("kcds_health", __name__)
 
     def answer(body: dict[str, Any], status: int) -> Response:
@@ -109,20 +113,18 @@ def health_blueprint(
 
     @bp.get("/health/ready")
     def ready() -> Response:
-        results = readiness.results()
-        hard = {name: results[name] for name in checks}
-        soft = {name: results[name] for name in degradations}
+        hard, soft = readiness.results(), degraded.results()
         failed = {name: why for name, why in hard.items() if why != "ok"}
         if failed:
             reason = "; ".join(f"{name}: {why}" for name, why in failed.items())
             body = {"status": "unavailable", "reason": reason, "checks": hard}
             return answer(body | ({"dependencies": soft} if soft else {}), 503)
-        degraded = [
+        worse = [
             name
             for name, state in soft.items()
             if _failed(state) or (state if isinstance(state, str) else state.get("state")) != "ok"
         ]
-        body = {"status": "degraded" if degraded else "ok", "version": __version__}
+        body = {"status": "degraded" if worse else "ok", "version": __version__}
         body["checks"] = hard
         if soft:
             body["dependencies"] = soft

@@ -101,6 +101,11 @@ JOURNAL_BACKLOG = Gauge(
     "Journal entries (evaluations and feedback items) not yet in the registry database",
     multiprocess_mode="livemax",
 )
+REPLAY_FALLBACKS = Counter(
+    "kcds_replay_cache_fallbacks",
+    "Calls whose JWT was checked against this process's memory because the shared replay "
+    "cache did not answer (KCDS_REPLAY_OUTAGE=memory): replays to other processes pass",
+)
 AUTH_FAILURES = Counter(
     "kcds_auth_failures",
     "Callers refused (401), by reason",
@@ -146,6 +151,10 @@ class Metrics(Observer):
         key = _one_of(key, self.keys)
         FETCHES.labels(key, _one_of(outcome, FETCH_OUTCOMES)).inc()
         FETCH_LATENCY.labels(key).observe(seconds)
+
+    def replay_fallback(self) -> None:
+        """The replay cache's fallback hook (``cds_hooks.replay.OutageFallback.on_fallback``)."""
+        REPLAY_FALLBACKS.inc()
 
     def auth_failed(self, reason: str) -> None:
         AUTH_FAILURES.labels(_one_of(reason, FAILURE_REASONS)).inc()

@@ -80,7 +80,8 @@ def test_live_and_ready_answer_without_a_caller_jwt(tmp_path):
     assert live.status_code == 200 and live.json["status"] == "ok"
     ready = client.get("/health/ready")
     assert ready.status_code == 200
-    assert ready.json["checks"] == {"policy": "ok", "journal": "ok", "replay_cache": "ok"}
+    assert ready.json["checks"] == {"policy": "ok", "journal": "ok"}
+    assert ready.json["dependencies"]["replay_cache"] == "ok"  # KCDS_REPLAY_OUTAGE=memory
     assert set(ready.json["dependencies"]["registry"]) == {
         "state",
         "registry",
@@ -155,7 +156,12 @@ def test_ready_stays_200_and_reports_the_registry_down_while_its_database_refuse
     assert (back["registry"], back["journal_backlog"]) == ("up", 0)
 
 
-def test_ready_is_503_while_the_shared_replay_cache_does_not_answer(tmp_path):
+@pytest.mark.parametrize(("outage", "status"), [("memory", 200), ("refuse", 503)])
+def test_a_shared_replay_cache_that_does_not_answer_is_a_503_only_when_the_site_refuses(
+    tmp_path, outage, status
+):
+    """KCDS_REPLAY_OUTAGE=memory (the default): calls go on, checked per process, so the
+    outage is a degradation in readiness's body; refuse: no call can pass, so not ready."""
     jwks = tmp_path / "jwks.json"
     jwks.write_bytes(orjson.dumps({"keys": [es384().jwk()]}))
     settings = Settings.from_env(
@@ -163,13 +169,15 @@ def test_ready_is_503_while_the_shared_replay_cache_does_not_answer(tmp_path):
             "KCDS_TRUSTED_ISSUERS": orjson.dumps({ISSUER: {"jwks_file": str(jwks)}}).decode(),
             "KCDS_REGISTRY": "off",
             "KCDS_REPLAY_CACHE": f"redis://127.0.0.1:{free_port()}/0",  # nobody listens
+            "KCDS_REPLAY_OUTAGE": outage,
         }
     )
     ready = create_app(settings).test_client().get("/health/ready")
-    assert ready.status_code == 503
+    assert ready.status_code == status
     assert ready.json["checks"]["policy"] == "ok"
-    assert ready.json["checks"]["replay_cache"].startswith("failed (")
-    assert "registry" not in ready.json["checks"]  # KCDS_REGISTRY=off
+    replay = {**ready.json["checks"], **ready.json.get("dependencies", {})}["replay_cache"]
+    assert replay.startswith("failed (")
+    assert "journal" not in ready.json["checks"]  # KCDS_REGISTRY=off
 
 
 # -- metrics in one process -----------------------------------------------------------------

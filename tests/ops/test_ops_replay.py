@@ -137,7 +137,7 @@ def test_a_token_replayed_against_a_second_app_is_refused(postgres_url, tmp_path
     token = key.token(PUBLIC_URL + "/cds-services")
     assert first.get("/cds-services", headers=bearer(token)).status_code == 200
     assert second.get("/cds-services", headers=bearer(token)).status_code == 401
-    assert second.get("/health/ready").json["checks"]["replay_cache"] == "ok"
+    assert second.get("/health/ready").json["dependencies"]["replay_cache"] == "ok"
     with psycopg.connect(postgres_url) as conn:
         stored = conn.execute(f"SELECT key FROM {TABLE}").fetchall()
     assert len(stored) == 1 and token not in stored[0][0]  # a hash, not the token
