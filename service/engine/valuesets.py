@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -200,7 +201,9 @@ def _documents(path: Path) -> Iterator[tuple[Any, str]]:
         yield doc, str(path)
 
 
-def _read_shipped() -> dict[str, _Parsed]:
+@cache
+def _read_shipped() -> Mapping[str, _Parsed]:
+    """The shipped sets, read once per process (they are immutable; callers copy the map)."""
     out: dict[str, _Parsed] = {}
     for item in sorted(SHIPPED.iterdir(), key=lambda p: p.name):
         if item.name.endswith(".json"):
