@@ -17,6 +17,7 @@ from typing import Any
 from .orders import _route as route_of
 from .record import Administration, BloodPressure, Observation, weight_kg
 from .rules import Evaluation
+from .rules.regimen import course_so_far
 from .rules.surveillance import baseline_and_latest, ratings
 from .terminology import listed, obj
 
@@ -72,6 +73,7 @@ class Limits:
     remission_score: float | None  # site policy ``remission_score``; None when not set
     max_per_30d: int  # ketamine sessions in 30 days (R31/P05)
     course_days: int  # the course length limit for the course's drug (R31/P05)
+    reinduction_gap_days: int  # a gap this long ends a course (P05, R29)
 
     def bp_class(self, *readings: BloodPressure | None) -> str:
         """The highest class any of ``readings`` reaches: hazard, caution, below caution."""
@@ -99,7 +101,8 @@ class Course:
     baseline: Score | None
     latest: Score | None
     response_line: float | None  # the score that is the response threshold from baseline
-    course_days: int | None  # first session to now
+    course_days: int | None  # the current course's first session to now (None: no course
+    # running: no session, or the last one a re-induction gap ago), as P05 counts it
     busiest_30_days: int  # most sessions in any 30 days of the course
     limits: Limits
     gaps: tuple[str, ...]
@@ -118,6 +121,7 @@ def limits(ev: Evaluation) -> Limits:
         remission_score=p.remission_score,
         max_per_30d=p.ketamine_max_per_30d,
         course_days=course_days,
+        reinduction_gap_days=p.reinduction_gap_days,
     )
 
 
@@ -244,6 +248,7 @@ def gaps(ev: Evaluation, course_sessions: list[Session], course_scores: list[Sco
 def course(ev: Evaluation, administrations: Mapping[str, Mapping[str, Any]]) -> Course:
     """Everything the course view shows, for one patient at ``ev.now``."""
     course_sessions = sessions(ev, administrations)
+    current = course_so_far(ev, _course_drug(ev))
     course_scores, base, last = scores(ev)
     lim = limits(ev)
     return Course(
@@ -253,7 +258,7 @@ def course(ev: Evaluation, administrations: Mapping[str, Mapping[str, Any]]) -> 
         baseline=base,
         latest=last,
         response_line=base.value * (1 - lim.response_threshold) if base else None,
-        course_days=(ev.now - course_sessions[0].when).days if course_sessions else None,
+        course_days=(ev.now - current[0].when).days if current else None,
         busiest_30_days=max((s.in_30_days for s in course_sessions), default=0),
         limits=lim,
         gaps=tuple(gaps(ev, course_sessions, course_scores)),

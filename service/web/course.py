@@ -207,7 +207,11 @@ def frequency_chart(c: Course) -> Chart:
     text = (
         f"At most {c.busiest_30_days} sessions in 30 days"
         + (f" (policy limit {c.limits.max_per_30d})" if c.drug == "ketamine" else "")
-        + f"; course length {c.course_days} days (limit {c.limits.course_days})."
+        + (
+            f"; course length {c.course_days} days (limit {c.limits.course_days})."
+            if c.course_days is not None
+            else "; no course running now."
+        )
     )
     return Chart("frequency", "Sessions per 30 days", text, _svg(fig))
 

@@ -161,3 +161,15 @@ def test_a_site_remission_score_draws_the_remission_line(tmp_path):
     assert c.limits.remission_score == 5
     svg = base64.b64decode(scores_chart(c).svg.split(",", 1)[1]).decode()
     assert "remission &lt; 5" in svg and "response ≤ 10.5" in svg
+
+
+def test_the_course_length_is_the_current_courses_as_p05_counts_it():
+    resources = course_patient()
+    old = dict(next(r for r in resources if r["resourceType"] == "MedicationAdministration"))
+    old["id"] = "adm-long-ago"
+    old["effectiveDateTime"] = (datetime.now(UTC) - timedelta(days=200)).isoformat()
+    _, c = evaluate([*resources, old])
+    assert len(c.sessions) == 9
+    assert c.course_days == SESSION_DAYS[0]  # the 160-day gap started a new course
+    _, later = evaluate(resources, now=datetime.now(UTC) + timedelta(days=60))
+    assert later.course_days is None  # the last session a re-induction gap ago: none running
