@@ -22,8 +22,8 @@ Matching a CodeableConcept against a concept (ketamine-rules.md §3a):
   stays excluded;
 * text matching is whole-word (the patterns carry ``\\b``) and negation-aware: a match with
   "no", "not", "without", "denies", "negative for", "rule(d) out", "family history of", …
-  shortly before it in the same clause, or "ruled out"/"excluded"/"negative" right after it,
-  does not count.
+  shortly before it in the same clause, "non-" right before it, or "ruled out"/"excluded"/
+  "negative" right after it, does not count.
 
 The result is typed (:class:`ConceptMatch`): matched on code, code+text or text, with the
 record's coding, the set's display and the words that matched, so a card can say
@@ -187,11 +187,14 @@ _NEGATED_BEFORE = re.compile(
 )
 _NEGATED_AFTER = re.compile(r"^\W{0,3}(?:ruled out|excluded|negative|denied)\b", re.I)
 _WINDOW_WORDS = 6
+_NON_PREFIX = re.compile(r"\bnon[- ]?$", re.I)
 
 
 def affirmed(text: str, start: int, end: int) -> bool:
     """The match text[start:end] is not negated in its clause (a NegEx-like window: up to
     six words before it, or a negation right after it)."""
+    if _NON_PREFIX.search(text[max(0, start - 4) : start]):
+        return False  # "non-psychotic", "non-epileptic", "non-ischemic"
     before = _CLAUSE_END.split(text[max(0, start - 80) : start])[-1]
     window = " ".join(before.split()[-_WINDOW_WORDS:])
     if _NEGATED_BEFORE.search(window):

@@ -143,6 +143,7 @@ def test_ndc_product_forms():
         ("Schizoaffective disorder", "psychosis"),
         ("Glaucoma, primary open angle", "glaucoma"),
         ("thyroid storm 2019", "thyroid_storm"),
+        ("Non-ST elevation (NSTEMI) myocardial infarction", "acute_mi"),
     ],
 )
 def test_text_only_entries_match(text, name):
@@ -163,6 +164,8 @@ def test_text_only_entries_match(text, name):
         ("nonpregnant", "pregnancy"),
         ("Miscarriage in first trimester", "pregnancy_obstetric"),
         ("Heat stroke", "stroke_tia"),
+        ("Non-ischemic cardiomyopathy", "ischaemic_heart_disease"),
+        ("Psychogenic non-epileptic seizures", "seizure_disorder"),
     ],
 )
 def test_negated_or_partial_words_do_not_match(text, name):
