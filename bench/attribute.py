@@ -148,7 +148,8 @@ def attribute(args: argparse.Namespace) -> dict[str, Any]:
             status, answer, _ = loadtest.request(server.url, "POST", path, w.raw)
             if status != 200:
                 raise SystemExit(f"HTTP {status}: {answer[:300]!r}")
-            loadtest.wrk(server.url + path, body, args.connections, 2)  # warm up
+            patient = w.body["context"]["patientId"]  # a new patient in every request
+            loadtest.wrk(server.url + path, body, args.connections, 2, patient=patient)
             time.sleep(0.5)
             loadtest.request(server.url, "POST", cpu_account.PATH, b"")  # reset
             before = _seen(server)
@@ -156,7 +157,7 @@ def attribute(args: argparse.Namespace) -> dict[str, Any]:
             if args.py_spy:
                 spying = spy(server.workers()[0], args.seconds, log_dir / "spy.txt")
             result = loadtest.measured_wrk(
-                server, server.url + path, body, args.connections, args.seconds
+                server, server.url + path, body, args.connections, args.seconds, patient
             )
             after = _seen(server)
             if spying is not None:

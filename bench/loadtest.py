@@ -166,9 +166,15 @@ def wrk_available() -> str | None:
 
 
 def wrk(
-    url: str, body_file: Path, connections: int, seconds: float, threads: int = 1
+    url: str,
+    body_file: Path,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    patient: str | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; requests/s, latency percentiles (ms) and error counts."""
+    """One wrk run; requests/s, latency percentiles (ms) and error counts. With ``patient``
+    (the body's patient id) every request is about another patient (see ``post.lua``)."""
     cmd = [
         "wrk",
         f"-t{min(threads, connections)}",
@@ -181,6 +187,7 @@ def wrk(
         url,
         "--",
         str(body_file),
+        *([patient] if patient else []),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -203,13 +210,15 @@ def wrk(
     }
 
 
-def measured_wrk(server: Server, url: str, body_file: Path, c: int, seconds: float):
+def measured_wrk(
+    server: Server, url: str, body_file: Path, c: int, seconds: float, patient: str | None = None
+):
     """wrk, plus the CPU the rest of the machine used meanwhile (busy cores minus gunicorn's
     and wrk's own)."""
     speed = calibrate()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     meter = Meter(server.cpu_seconds).start()
-    result = wrk(url, body_file, c, seconds)
+    result = wrk(url, body_file, c, seconds, patient=patient)
     seen = meter.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
@@ -261,15 +270,16 @@ def run(
                     {"workload": w.name, "error": f"HTTP {status}: {answer[:300].decode()}"}
                 )
                 continue
+            patient = w.body["context"]["patientId"]  # a new patient in every request
             for s in (server, bare) if bare else (server,):
-                wrk(s.url + path, body_file, 8, min(2.0, seconds))  # warm up both workers
+                wrk(s.url + path, body_file, 8, min(2.0, seconds), patient=patient)  # warm up
             for c in concurrency:
                 for s, rows in ((server, out["load"]), (bare, out["floor"])):
                     if s is None:
                         continue
                     if max_wait:
                         wait_quiet(max_wait)
-                    result = measured_wrk(s, s.url + path, body_file, c, seconds)
+                    result = measured_wrk(s, s.url + path, body_file, c, seconds, patient)
                     result["workload"] = w.name
                     result["request_bytes"] = len(w.raw)
                     rows.append(result)

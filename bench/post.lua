@@ -1,14 +1,30 @@
 -- wrk script: POST one hook request body; prints the figures as one JSON line at the end.
--- usage: wrk -s bench/post.lua URL -- /path/to/request.json
-local body_path
+-- usage: wrk -s bench/post.lua URL -- /path/to/request.json [PATIENT_ID]
+-- With PATIENT_ID, every request is about another patient: each occurrence of the id in
+-- the body (context, prefetch, references) becomes "<id>-<n>", so that the registry sees
+-- distinct patients, as in production, not one patient evaluated thousands of times.
+local body, patient, original
+local n = 0
 
 function init(args)
-  body_path = args[1]
-  local f = assert(io.open(body_path, "rb"))
-  wrk.body = f:read("*a")
+  local f = assert(io.open(args[1], "rb"))
+  body = f:read("*a")
   f:close()
+  original = args[2]
+  if original then
+    patient = original:gsub("%W", "%%%0")  -- the id as a literal Lua pattern
+  end
+  wrk.body = body
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+end
+
+function request()
+  if not patient then
+    return wrk.format()
+  end
+  n = n + 1
+  return wrk.format(nil, nil, nil, (body:gsub(patient, original .. "-" .. n)))
 end
 
 function done(summary, latency, requests)

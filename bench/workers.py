@@ -69,7 +69,8 @@ def measure(model: str, threads: str, w: Any, args: argparse.Namespace) -> list[
             status, answer, _ = loadtest.request(server.url, "POST", path, fetch_body)
             if status != 200:
                 raise SystemExit(f"fetching call: HTTP {status} {answer[:300]!r}")
-            loadtest.wrk(server.url + path, body_file, 8, 2)  # warm up
+            patient = w.body["context"]["patientId"]  # a new patient in every request
+            loadtest.wrk(server.url + path, body_file, 8, 2, patient=patient)  # warm up
             for fetchers in (0, args.fetchers):
                 stop, seen = threading.Event(), []
                 clients = [
@@ -82,7 +83,7 @@ def measure(model: str, threads: str, w: Any, args: argparse.Namespace) -> list[
                     c.start()
                 time.sleep(0.2 if fetchers else 0)
                 result = loadtest.measured_wrk(
-                    server, server.url + path, body_file, 8, args.seconds
+                    server, server.url + path, body_file, 8, args.seconds, patient
                 )
                 stop.set()
                 for c in clients:
