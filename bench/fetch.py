@@ -22,23 +22,30 @@ from machine import Meter
 
 from cds_hooks.service import resolve_prefetch
 
+#: what the EHR sends for the service to fetch with (the loopback server ignores the token)
+AUTHORIZATION = {
+    "access_token": "bench-token",
+    "token_type": "Bearer",
+    "expires_in": 300,
+    "scope": "patient/*.read",
+    "subject": "ketamine-cds",
+}
+
+
+def to_fetch(body: dict[str, Any], fhir_base: str) -> dict[str, Any]:
+    """``body`` without its prefetch, with ``fhirServer`` to fetch it from instead."""
+    out = {k: v for k, v in body.items() if k != "prefetch"}
+    return {**out, "fhirServer": fhir_base, "fhirAuthorization": dict(AUTHORIZATION)}
+
 
 def measure(bench: Bench, workload: Any, runs: int, delay: float = 0.05) -> dict[str, Any]:
-    body = orjson.loads(workload.raw)
-    prefetch = body.pop("prefetch")
+    prefetch = orjson.loads(workload.raw)["prefetch"]
     out: dict[str, Any] = {"workload": workload.name, "delay_ms": delay * 1000, "runs": runs}
     client = bench.fhir_client()
     service = bench.catalog.get(workload.service_id)
     try:
         with SlowFhirServer(prefetch, delay) as server:
-            body["fhirServer"] = server.base_url
-            body["fhirAuthorization"] = {
-                "access_token": "bench-token",
-                "token_type": "Bearer",
-                "expires_in": 300,
-                "scope": "patient/*.read",
-                "subject": "ketamine-cds",
-            }
+            body = to_fetch(orjson.loads(workload.raw), server.base_url)
             raw = orjson.dumps(body)
             patient_url = f"{server.base_url}/Patient/{body['context']['patientId']}"
             bench.handle(service.id, orjson.loads(raw), client)  # open the pooled connections

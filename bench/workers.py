@@ -28,23 +28,10 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import loadtest  # noqa: E402
 import orjson  # noqa: E402
 import workloads  # noqa: E402
+from fetch import to_fetch  # noqa: E402
 from fhir_server import SlowFhirServer  # noqa: E402
 
 MODELS = {"gthread (KCDS_THREADS=4)": "4", "sync (KCDS_THREADS=1)": "1"}
-
-
-def without_prefetch(raw: bytes, fhir_base: str) -> bytes:
-    body = orjson.loads(raw)
-    body.pop("prefetch")
-    body["fhirServer"] = fhir_base
-    body["fhirAuthorization"] = {
-        "access_token": "bench-token",
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "ketamine-cds",
-    }
-    return orjson.dumps(body)
 
 
 def fetching(url: str, path: str, body: bytes, stop: threading.Event, seen: list[float]):
@@ -61,7 +48,7 @@ def measure(model: str, threads: str, w: Any, args: argparse.Namespace) -> list[
         log_dir = Path(tmp)
         body_file = log_dir / "request.json"
         body_file.write_bytes(w.raw)
-        fetch_body = without_prefetch(w.raw, fhir.base_url)
+        fetch_body = orjson.dumps(to_fetch(w.body, fhir.base_url))
         path = f"/cds-services/{w.service_id}"
         env = {"KCDS_THREADS": threads, "KCDS_WORKERS": "2"}
         server, _ = loadtest.start(log_dir, env)
