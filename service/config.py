@@ -505,6 +505,13 @@ class Settings:
         "public client with PKCE",
         secret=True,
     )
+    smart_private_key: str | None = _var(
+        "KCDS_SMART_PRIVATE_KEY",
+        None,
+        text("path"),
+        "a PEM private key (RSA, or EC P-384) that makes the course view a confidential client "
+        "by `private_key_jwt` (RS384/ES384); its public key is served at `/smart/jwks.json`",
+    )
     session_key: str | None = _var(
         "KCDS_SESSION_KEY",
         None,

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,9 +42,13 @@ from authlib.common.security import generate_token
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.rfc6749.errors import MismatchingStateException, MissingCodeException
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, TimestampSigner
+from joserfc.jwk import ECKey, RSAKey
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,6 +62,8 @@ SCOPES_V2 = "launch openid fhirUser patient/*.rs"
 SCOPES_V1 = "launch openid fhirUser patient/*.read"
 #: an authorization must come back within this many seconds of the launch
 LAUNCH_SECONDS = 600
+#: a private_key_jwt client assertion's lifetime (SMART: no more than five minutes)
+ASSERTION_SECONDS = 300
 COOKIE = "kcds_smart"
 SESSION_TABLE = "kcds_smart_session"
 CSP = (
@@ -74,6 +81,7 @@ class SmartSettings:
     scopes: str | None
     client_secret: str | None = field(repr=False)
     session_key: str = field(repr=False)
+    signing_key: ClientKey | None = field(repr=False)
     public_url: str
     session_ttl: float
     timeout: float
@@ -99,6 +107,11 @@ class SmartSettings:
                 "KCDS_SMART_CLIENT_ID is set: KCDS_PUBLIC_URL is needed for the redirect URI "
                 "(KCDS_PUBLIC_URL/smart/callback)"
             )
+        if settings.smart_client_secret and settings.smart_private_key:
+            raise ConfigError(
+                "KCDS_SMART_CLIENT_SECRET and KCDS_SMART_PRIVATE_KEY: set one client "
+                "authentication, not both"
+            )
         for issuer in settings.smart_issuers:
             parts = urlsplit(issuer)
             if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
@@ -109,6 +122,9 @@ class SmartSettings:
             scopes=settings.smart_scopes,
             client_secret=settings.smart_client_secret,
             session_key=settings.session_key,
+            signing_key=ClientKey.load(settings.smart_private_key)
+            if settings.smart_private_key
+            else None,
             public_url=settings.public_url.rstrip("/"),
             session_ttl=settings.smart_session_ttl,
             timeout=settings.fhir_timeout,
@@ -125,7 +141,25 @@ class SmartSettings:
 
     def client(self, scope: str) -> OAuth2Session:
         """Authlib's OAuth 2 client for one authorization: PKCE S256, and a public client
-        (``none``) unless a client secret is configured."""
+        (``none``) unless a client secret (``client_secret_basic``) or a private key
+        (``private_key_jwt``, an assertion valid for 5 minutes) is configured."""
+        if self.signing_key is not None:
+            session = OAuth2Session(
+                client_id=self.client_id,
+                client_secret=self.signing_key.key,
+                scope=scope,
+                redirect_uri=self.redirect_uri,
+                code_challenge_method="S256",
+                token_endpoint_auth_method="private_key_jwt",
+            )
+            session.register_client_auth_method(
+                PrivateKeyJWT(
+                    alg=self.signing_key.alg,
+                    headers={"kid": self.signing_key.kid},
+                    claims={"exp": int(time.time()) + ASSERTION_SECONDS},
+                )
+            )
+            return session
         return OAuth2Session(
             client_id=self.client_id,
             client_secret=self.client_secret,
@@ -134,6 +168,39 @@ class SmartSettings:
             code_challenge_method="S256",
             token_endpoint_auth_method="client_secret_basic" if self.client_secret else "none",
         )
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """The private key of a ``private_key_jwt`` client: RSA signs RS384, EC P-384 ES384 (the
+    SMART App Launch algorithms); its ``kid`` is the RFC 7638 thumbprint."""
+
+    key: RSAKey | ECKey = field(repr=False)
+    alg: str
+    kid: str
+
+    @classmethod
+    def load(cls, path: str) -> ClientKey:
+        try:
+            pem = Path(path).read_bytes()
+            private = serialization.load_pem_private_key(pem, password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"KCDS_SMART_PRIVATE_KEY: {path} is not a readable, unencrypted PEM private "
+                f"key ({type(exc).__name__})"
+            ) from None
+        if isinstance(private, rsa.RSAPrivateKey):
+            key, alg = RSAKey.import_key(pem), "RS384"
+        elif isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1":
+            key, alg = ECKey.import_key(pem), "ES384"
+        else:
+            raise ConfigError("KCDS_SMART_PRIVATE_KEY must be an RSA or an EC P-384 key")
+        return cls(key, alg, key.thumbprint())
+
+    def jwks(self) -> dict[str, Any]:
+        """The public key as a JWK Set, for the EHR to verify the client's assertions."""
+        public = self.key.as_dict(private=False)
+        return {"keys": [{**public, "kid": self.kid, "alg": self.alg, "use": "sig"}]}
 
 
 class Refusal(Exception):
@@ -417,6 +484,12 @@ def smart_blueprint(
             "smart refused", extra={"fields": {"status": refusal.status, "why": refusal.title}}
         )
         return page(refusal)
+
+    if smart.signing_key is not None:
+
+        @bp.get("/smart/jwks.json")
+        def jwks() -> Response:
+            return Response(orjson.dumps(smart.signing_key.jwks()), mimetype="application/json")
 
     @bp.get("/smart/launch")
     def launch() -> Response:

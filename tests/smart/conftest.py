@@ -72,6 +72,7 @@ def _fresh_knobs(ehr: Ehr) -> None:
     ehr.expires_in = 3600
     ehr.permission_v2 = True
     ehr.client_secret = None
+    ehr.client_jwks = None
 
 
 def smart_env(ehr: Ehr, port: int) -> dict[str, str]:

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import jwt
 import orjson
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 CLIENT_ID = "kcds-course-view"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Ehr:
     deny: bool = False
     permission_v2: bool = True
     client_secret: str | None = None  # set: the client must authenticate (client_secret_basic)
+    client_jwks: dict[str, Any] | None = None  # set: the client must send a private_key_jwt
     codes: dict[str, Issued] = field(default_factory=dict)
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)  # token → patient, expiry
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
@@ -140,6 +143,10 @@ class Ehr:
             if request.headers.get("Authorization") != f"Basic {basic}":
                 return self._json({"error": "invalid_client"}, 401)
             client_id = CLIENT_ID
+        if self.client_jwks is not None:
+            if not self._assertion_ok(form):
+                return self._json({"error": "invalid_client"}, 401)
+            client_id = CLIENT_ID
         verifier = form.get("code_verifier", "")
         challenge = (
             base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
@@ -165,6 +172,27 @@ class Ehr:
                 "patient": issued.patient,
             }
         )
+
+    def _assertion_ok(self, form: dict[str, str]) -> bool:
+        """A private_key_jwt client assertion (SMART App Launch: RS384 or ES384, ``kid`` of a
+        registered key, iss = sub = client id, aud = the token endpoint, exp within 5 min)."""
+        if form.get("client_assertion_type") != JWT_BEARER:
+            return False
+        assertion = form.get("client_assertion", "")
+        try:
+            kid = jwt.get_unverified_header(assertion).get("kid")
+            jwk = next(k for k in self.client_jwks["keys"] if k.get("kid") == kid)
+            claims = jwt.decode(
+                assertion,
+                jwt.PyJWK(jwk).key,
+                algorithms=[jwk["alg"]],
+                audience=self.url + "/auth/token",
+                issuer=CLIENT_ID,
+                options={"require": ["exp", "iat", "jti", "sub"]},
+            )
+        except (StopIteration, jwt.PyJWTError):
+            return False
+        return claims["sub"] == CLIENT_ID and claims["exp"] - time.time() <= 300 + 5
 
     def _fhir(self, request: Request) -> Response:
         self.reads.append(request.full_path.rstrip("?"))

@@ -8,10 +8,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from service.config import ConfigError, Settings
 from service.web.app import create_app
 from service.web.smart import (
+    ClientKey,
     Grant,
     Launch,
     Refusal,
@@ -74,6 +77,52 @@ def test_a_public_client_cannot_pass_a_confidential_server(ehr):
     assert "invalid_client" in refused.get_data(as_text=True)
 
 
+def private_key(tmp_path, kind: str) -> str:
+    key = (
+        ec.generate_private_key(ec.SECP384R1())
+        if kind == "ES384"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    path = tmp_path / f"{kind}.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+def test_a_private_key_jwt_client_signs_its_assertion(ehr, tmp_path, alg):
+    client = app_for(ehr, KCDS_SMART_PRIVATE_KEY=private_key(tmp_path, alg))
+    jwks = client.get("/smart/jwks.json").get_json()
+    assert [k["alg"] for k in jwks["keys"]] == [alg]
+    assert not {"d", "p", "q"} & set(jwks["keys"][0])  # the public half only
+    ehr.client_jwks = jwks  # registered with the EHR
+    assert launched(client, ehr).status_code == 200
+    assert ehr.token_requests[-1]["client_assertion_type"].endswith("jwt-bearer")
+
+
+def test_an_assertion_signed_by_an_unregistered_key_is_refused(ehr, tmp_path):
+    client = app_for(ehr, KCDS_SMART_PRIVATE_KEY=private_key(tmp_path, "ES384"))
+    (tmp_path / "other").mkdir()
+    other = app_for(ehr, KCDS_SMART_PRIVATE_KEY=private_key(tmp_path / "other", "ES384"))
+    ehr.client_jwks = other.get("/smart/jwks.json").get_json()
+    start = client.get(
+        "/smart/launch", query_string={"iss": ehr.fhir, "launch": ehr.launch(PATIENT)}
+    )
+    back = requests.get(start.headers["Location"], allow_redirects=False, timeout=10)
+    callback = urlsplit(back.headers["Location"])
+    refused = client.get(f"{callback.path}?{callback.query}")
+    assert refused.status_code == 403 and "invalid_client" in refused.get_data(as_text=True)
+
+
+def test_the_jwks_exists_only_for_a_private_key_client(ehr):
+    assert app_for(ehr).get("/smart/jwks.json").status_code == 404
+
+
 def test_a_server_without_smart_v2_is_asked_for_v1_scopes(ehr):
     ehr.permission_v2 = False
     assert launched(app_for(ehr), ehr).status_code == 200
@@ -107,6 +156,11 @@ def test_smart_is_off_without_a_client_id():
         ({"KCDS_SMART_ISSUERS": "ftp://ehr.example.org"}, "KCDS_SMART_ISSUERS"),
         ({"KCDS_SESSION_KEY": ""}, "KCDS_SESSION_KEY"),
         ({"KCDS_PUBLIC_URL": ""}, "KCDS_PUBLIC_URL"),
+        ({"KCDS_SMART_PRIVATE_KEY": "/nonexistent.pem"}, "KCDS_SMART_PRIVATE_KEY"),
+        (
+            {"KCDS_SMART_PRIVATE_KEY": "/x.pem", "KCDS_SMART_CLIENT_SECRET": SECRET},
+            "one client authentication",
+        ),
     ],
 )
 def test_a_smart_configuration_that_cannot_work_names_the_variable(env, named):
@@ -176,3 +230,16 @@ def test_an_unreachable_session_database_is_a_503_page_not_a_crash():
     with pytest.raises(Refusal) as refused:
         store.put(Grant("https://ehr/fhir", "p1", "token", 4e9))
     assert refused.value.status == 503
+
+
+def test_a_private_key_on_another_curve_is_refused(tmp_path):
+    path = tmp_path / "p256.pem"
+    path.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(ConfigError, match="RSA or an EC P-384"):
+        ClientKey.load(str(path))
