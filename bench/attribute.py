@@ -84,6 +84,27 @@ def in_process_ms(workload: Any, seconds: float = 3.0) -> dict[str, float]:
     return {"median_ms": statistics.median(per_call), "batches": len(per_call)}
 
 
+def auth_ms(calls: int = 300) -> dict[str, float]:
+    """CPU ms of one caller JWT check (``JwtAuthenticator.verify``: signature, claims, replay
+    cache), by the client's algorithm. wrk sends one body and one header, so the HTTP runs
+    have KCDS_AUTH=off (a replayed jti is refused) and this is measured in process."""
+    from cds_hooks.auth import JwtAuthenticator, TrustedIssuer
+    from tests.auth_helpers import ISSUER, PUBLIC_URL, es384, rs384
+
+    audience = PUBLIC_URL + "/cds-services/ketamine-order-sign"
+    out = {}
+    for key in (es384(), rs384()):
+        check = JwtAuthenticator([TrustedIssuer(ISSUER, jwks={"keys": [key.jwk()]})])
+        tokens = [key.token(audience) for _ in range(calls + 20)]
+        for token in tokens[:20]:
+            check.verify(token, audience)
+        started = time.process_time()
+        for token in tokens[20:]:
+            check.verify(token, audience)
+        out[key.alg] = (time.process_time() - started) / calls * 1000
+    return out
+
+
 def _spy_part(stack: str) -> str:
     for frame in reversed(stack.split(";")):
         for fragment, part in SPY_PARTS:
@@ -171,6 +192,7 @@ def attribute(args: argparse.Namespace) -> dict[str, Any]:
     result["in_process"] = in_process_ms(w)
     result["parts"] = parts(before, after)
     result["wrapper_overhead_us"] = cpu_account.overhead_seconds() * 1e6
+    result["auth_ms"] = auth_ms()
     return result
 
 
@@ -232,6 +254,12 @@ def table(result: dict[str, Any]) -> str:
         f"{total - inproc:.3f} ms. Each wrapped call costs about "
         f"{result['wrapper_overhead_us']:.1f} µs of the figures above (about 20 per request).",
     ]
+    lines.append(
+        "Authentication (off here: wrk repeats one token, whose jti the replay check would "
+        "refuse) costs, in process, per call: "
+        + ", ".join(f"{alg} {ms:.2f} ms" for alg, ms in result["auth_ms"].items())
+        + "."
+    )
     if result.get("py_spy"):
         lines += ["", "```", result["py_spy"], "```"]
     return "\n".join(lines)
