@@ -91,7 +91,7 @@ def test_evaluate_shows_cards_as_an_ehr_does():
     assert "Rule R09 in the ketamine-cds catalogue →" in out
     assert "https://ketamine-cds.invalid/rules/R09" in out
     assert "Links point at https://ketamine-cds.invalid, a placeholder" in result.stderr
-    assert "If overridden" in out and "Benefit outweighs risk" in out
+    assert "If overridden" in out and "Blood pressure rechecked and acceptable" in out
 
 
 def test_evaluate_reads_stdin_and_reports_refusals_with_exit_2():

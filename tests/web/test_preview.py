@@ -84,7 +84,7 @@ def test_a_fixture_shows_its_cards_raw_json_and_time(client):
     assert "Would delete</strong> <code>MedicationRequest/draft-ketamine-1</code>" in html
     assert "Would create</strong> <code>ServiceRequest</code>" in html
     assert "&#34;resourceType&#34;: &#34;ServiceRequest&#34;" in html  # the exact resource
-    assert "<li>Benefit outweighs risk</li>" in html
+    assert "<li>Blood pressure rechecked and acceptable</li>" in html  # R09's own reasons
     assert "<strong>Found in the record</strong>" in html  # markdown rendered server-side
     assert r.headers["Cache-Control"] == "no-store"
 

@@ -80,7 +80,7 @@ def test_pick_a_fixture_send_and_see_the_cards(page, service, tmp_path):
     assert critical.locator(".detail li").count() >= 1
     assert "**" not in critical.locator(".detail").inner_text()
     assert page.locator("article.card--info").count() == 1
-    assert "Benefit outweighs risk" in critical.locator(".reasons").inner_text()
+    assert "Blood pressure rechecked and acceptable" in critical.locator(".reasons").inner_text()
     assert critical.get_by_role("link", name="Rule R09 in the ketamine-cds catalogue").count()
 
     status = page.get_by_role("status").inner_text()
