@@ -31,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .observer import Observer
@@ -245,12 +246,17 @@ class FhirClient:
             chunks, size = [], 0
             # read1: whatever has arrived (not a full 64 kB), so the deadline is looked at
             # between any two packets of a trickling server
-            while chunk := response.raw.read1(65536, decode_content=True):
-                size += len(chunk)
-                if size > self.settings.max_bytes:
-                    raise ValueError("FHIR response larger than the configured limit")
-                budget.spend(len(chunk))
-                chunks.append(chunk)
+            try:
+                while chunk := response.raw.read1(65536, decode_content=True):
+                    size += len(chunk)
+                    if size > self.settings.max_bytes:
+                        raise ValueError("FHIR response larger than the configured limit")
+                    budget.spend(len(chunk))
+                    chunks.append(chunk)
+            except urllib3.exceptions.ReadTimeoutError:  # the socket waited out the budget
+                raise ValueError("time budget exceeded") from None
+            except urllib3.exceptions.HTTPError as exc:  # what requests would have wrapped
+                raise requests.ConnectionError(type(exc).__name__) from None
             try:
                 return orjson.loads(b"".join(chunks)), 200
             except orjson.JSONDecodeError:
