@@ -491,6 +491,18 @@ def smart_blueprint(
         def jwks() -> Response:
             return Response(orjson.dumps(smart.signing_key.jwks()), mimetype="application/json")
 
+    @bp.errorhandler(Exception)
+    def _failed(exc: Exception) -> Response:
+        """A bug is a page too (and a logged error), never a JSON body in the browser."""
+        log.error("course view failed", extra={"error_type": type(exc).__name__}, exc_info=True)
+        return page(
+            Refusal(
+                500,
+                "The course view failed",
+                "The failure is logged. Check the patient's record in the EHR meanwhile.",
+            )
+        )
+
     @bp.get("/smart/launch")
     def launch() -> Response:
         issuer = (request.args.get("iss") or "").strip().rstrip("/")

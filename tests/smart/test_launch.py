@@ -51,6 +51,11 @@ def test_the_launch_reads_the_launch_patient_only_and_shows_the_course(service, 
     assert answer.headers["Cache-Control"] == "no-store"
     assert "Robin Testcase" in answer.text
     assert len(re.findall(r'<tr><th scope="row">', answer.text)) >= 8
+    # the service's log names neither the patient nor the token, code or state
+    logged = service.logs()
+    assert '"message":"smart authorised"' in logged
+    for secret in (PATIENT, token, asked["state"], asked["code_challenge"]):
+        assert secret not in logged
 
 
 def test_an_issuer_not_allowed_is_refused(service, ehr):

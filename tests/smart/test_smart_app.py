@@ -243,3 +243,22 @@ def test_a_private_key_on_another_curve_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match="RSA or an EC P-384"):
         ClientKey.load(str(path))
+
+
+def test_a_failure_in_the_view_is_a_500_page_and_logged(ehr, monkeypatch, capfd):
+    import service.web.course as course_view
+
+    def broken(_course):
+        raise RuntimeError("a bug")
+
+    client = app_for(ehr)
+    monkeypatch.setattr(course_view, "charts", broken)
+    answer = launched(client, ehr)
+    assert answer.status_code == 500 and answer.mimetype == "text/html"
+    assert "The course view failed" in answer.get_data(as_text=True)
+    logged = capfd.readouterr().err
+    assert '"message":"course view failed"' in logged and '"error_type":"RuntimeError"' in logged
+    ours = [
+        line for line in logged.splitlines() if '"logger":"werkzeug"' not in line
+    ]  # not the EHR's
+    assert ours and not any(PATIENT in line for line in ours)
