@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None, clock: Clock | None = None) -> 
     if smart is not None:  # the SMART course view (KCDS_SMART_CLIENT_ID; docs/smart.md)
         from .course import course_blueprint  # Matplotlib: ~1 s and ~45 MB, only when used
 
-        app.register_blueprint(course_blueprint(smart, engine, settings))
+        app.register_blueprint(course_blueprint(smart, engine, settings, client.settings))
     if registry and settings.admin_token:
         app.register_blueprint(admin_blueprint(registry.store, settings.admin_token))
     # probes and metrics: no caller JWT (see service.web.health, service.web.metrics)

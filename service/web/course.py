@@ -19,7 +19,7 @@ import base64
 import io
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import matplotlib
@@ -29,7 +29,6 @@ from matplotlib.figure import Figure
 
 from cds_hooks.fhir import FetchSettings, FhirClient
 from cds_hooks.service import HookRequest, ServiceDefinition, resolve_prefetch
-from cds_hooks.validation import InputLimits
 from service.config import Settings
 from service.engine.course import Course, administration_index, course
 from service.engine.hooks import KetamineCDS
@@ -310,18 +309,13 @@ def _patient_name(patient: dict | None) -> str:
     return "the patient in context"
 
 
-def course_blueprint(smart: SmartSettings, engine: KetamineCDS, settings: Settings) -> Blueprint:
+def course_blueprint(
+    smart: SmartSettings, engine: KetamineCDS, settings: Settings, fetch: FetchSettings
+) -> Blueprint:
     """The SMART routes serving the course view, reading from the allow-listed issuers with
-    the service's FHIR fetch limits. The engine's rules, policy and clock, nothing recorded."""
+    the service's FHIR fetch limits (``fetch``, the hooks' own). The engine's rules, policy
+    and clock; nothing recorded."""
     unrecorded = KetamineCDS(engine.terminology, engine.policy, engine.clock)
-    client = FhirClient(
-        FetchSettings(
-            timeout=settings.fhir_timeout,
-            max_pages=settings.fhir_max_pages,
-            max_bytes=settings.fhir_max_bytes,
-            allowed_servers=smart.issuers,
-            limits=InputLimits(max_entries=settings.max_prefetch_resources),
-        )
-    )
+    client = FhirClient(replace(fetch, allowed_servers=smart.issuers))
     view = CourseView(unrecorded, client, smart.public_url, engine.clock)
     return smart_blueprint(smart, view, session_store(settings, smart))
