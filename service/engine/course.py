@@ -110,9 +110,7 @@ class Course:
 
 def limits(ev: Evaluation) -> Limits:
     p = ev.policy
-    course_days = (
-        ESKETAMINE_EVALUATED_DAYS if _course_drug(ev) == "esketamine" else p.ketamine_course_days
-    )
+    course_days = ESKETAMINE_EVALUATED_DAYS if ev.drug == "esketamine" else p.ketamine_course_days
     return Limits(
         policy_version=p.version,
         bp_caution=(p.bp_caution_systolic, p.bp_caution_diastolic),
@@ -123,11 +121,6 @@ def limits(ev: Evaluation) -> Limits:
         course_days=course_days,
         reinduction_gap_days=p.reinduction_gap_days,
     )
-
-
-def _course_drug(ev: Evaluation) -> str:
-    kinds = {a.drug for a in ev.record.administrations}
-    return "esketamine" if kinds == {"esketamine"} else "ketamine"
 
 
 def _bp_around(ev: Evaluation, when: datetime) -> tuple[BloodPressure | None, BloodPressure | None]:
@@ -248,11 +241,11 @@ def gaps(ev: Evaluation, course_sessions: list[Session], course_scores: list[Sco
 def course(ev: Evaluation, administrations: Mapping[str, Mapping[str, Any]]) -> Course:
     """Everything the course view shows, for one patient at ``ev.now``."""
     course_sessions = sessions(ev, administrations)
-    current = course_so_far(ev, _course_drug(ev))
+    current = course_so_far(ev, ev.drug)
     course_scores, base, last = scores(ev)
     lim = limits(ev)
     return Course(
-        drug=_course_drug(ev),
+        drug=ev.drug,
         sessions=tuple(course_sessions),
         scores=tuple(course_scores),
         baseline=base,
