@@ -115,15 +115,20 @@ def _route(dosage: dict[str, Any]) -> tuple[str | None, str | None]:
     if not isinstance(route, dict):
         return None, None
     text = concept_text(route)
-    codes = [c for c in listed(route.get("coding")) if isinstance(c, dict)]
+    codes = [
+        c
+        for c in listed(route.get("coding"))
+        if isinstance(c, dict) and isinstance(c.get("code"), str)
+    ]
     for c in codes:
-        name = ROUTE_CODES.get((c.get("system"), c.get("code")))  # type: ignore[arg-type]
+        system = c.get("system")
+        name = ROUTE_CODES.get((system, c["code"])) if isinstance(system, str) else None
         if name:
-            return name, text or str(c.get("display") or c.get("code"))
+            return name, text or str(c.get("display") or c["code"])
     for name, pattern in ROUTE_TEXT:
         if pattern.search(text):
             return name, text
-    coded = next((c for c in codes if isinstance(c.get("code"), str)), None)
+    coded = next(iter(codes), None)
     if coded is not None:
         return UNRECOGNISED, f"route code {coded['code']}" + (f" “{text}”" if text else "")
     return ("other", text) if text else (None, None)
@@ -136,7 +141,8 @@ def _minutes(
     mL/time with the volume); else the text ("over 40 min")."""
     repeat = obj(obj(dosage.get("timing")).get("repeat"))
     duration, unit = repeat.get("duration"), repeat.get("durationUnit")
-    if isinstance(duration, int | float) and not isinstance(duration, bool) and unit in MINUTES:
+    number = isinstance(duration, int | float) and not isinstance(duration, bool)
+    if number and isinstance(unit, str) and unit in MINUTES:
         return float(duration) * MINUTES[unit]
     for dose_and_rate in _many(dosage.get("doseAndRate")):
         rate = quantity(obj(dose_and_rate).get("rateQuantity"))
@@ -182,6 +188,8 @@ def fhir_problem(resource: dict[str, Any], field: str) -> str | None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "__root__")
         return f"`{field}{'.' + where if where else ''}`: {first['msg']}"
+    except (TypeError, ValueError) as exc:  # a model validator that raises on odd input
+        return f"`{field}`: {type(exc).__name__}"
     return None
 
 

@@ -225,3 +225,14 @@ def test_every_scope_has_words_and_hooks():
     assert Scope.ANY.hooks == ("order-select", "order-sign", "patient-view")
     assert all(s.description and s.hooks for s in Scope)
     assert Scope("KIV") is Scope.KIV
+
+
+def test_odd_shapes_in_route_and_timing_are_read_or_left_out():
+    """Found by the fuzz test: unhashable codes and units must not crash the lookup."""
+    resource = ketamine_order(35, None, None, patient_id="p1")
+    dosage = resource["dosageInstruction"][0]
+    dosage["route"] = {"coding": [{"system": {"x": 1}, "code": ["47625008"]}, "IV"]}
+    dosage["timing"] = {"repeat": {"duration": 40, "durationUnit": ["min"]}}
+    order = one(resource)
+    assert (order.route, order.minutes) == (None, None)
+    assert order.problem is not None

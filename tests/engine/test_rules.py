@@ -229,3 +229,52 @@ def test_rule_pages_list_every_rule_with_live_thresholds(tmp_path):
     assert any(s["status"].startswith("verified") for s in r09["sources"])
     assert client.get("/rules/R09").headers["Location"].endswith("/rules#R09")
     assert client.get("/rules/R99").status_code == 404
+
+
+# -- specification v2: what the cards say ---------------------------------------------------
+
+
+def card_of(response, rule_id):
+    return next(c for c in response["cards"] if rule_id in c["extension"]["ketamine-cds.rules"])
+
+
+def test_v2_an_older_hazardous_reading_asks_for_a_recheck_not_removal():
+    card = card_of(run("r09-old-hazard-reading-recheck-fires")[0], "R09")
+    assert card["indicator"] == "warning" and "recheck" in card["summary"]
+    actions = [a for s in card.get("suggestions", ()) for a in s["actions"]]
+    assert all(a["type"] != "delete" for a in actions)
+
+
+def test_v2_split_bp_is_one_reading_in_whole_mmhg():
+    card = card_of(run("r09-split-bp-paired-fires")[0], "R09")
+    assert "188/96 mmHg" in card["summary"] and "?" not in card["summary"]
+
+
+def test_v2_remission_and_alcohol_are_named():
+    remission = card_of(run("r07-remission-fires")[0], "R07")
+    assert "in remission" in remission["summary"]
+    alcohol = card_of(run("r20-alcohol-use-disorder-quiet")[0], "R07")
+    assert "alcohol use disorder also adds to the sedation" in alcohol["detail"]
+
+
+def test_v2_a_recent_mi_is_named_recent():
+    card = card_of(run("r10-mi-resolved-2-months-fires")[0], "R10")
+    assert card["summary"].startswith("Recent MI/ACS")
+
+
+def test_v2_under_18_wording_by_drug():
+    ketamine = card_of(run("r16-ketamine-age-17-fires")[0], "R16")["summary"]
+    esketamine = card_of(run("r16-esketamine-age-16-fires")[0], "R16")["summary"]
+    assert "not studied for depression under 18" in ketamine
+    assert "not approved under 18" in esketamine
+
+
+def test_v2_an_invalid_but_readable_order_is_named_on_the_plan_card():
+    plan = card_of(run("d03-invalid-but-readable-order-fires")[0], "D03")
+    assert plan["indicator"] == "info"
+    assert "context.draftOrders.entry[0].resource.category" in plan["detail"]
+
+
+def test_v2_stale_medication_is_listed_not_alerted():
+    plan = card_of(run("r20-stale-active-lorazepam-info-fires")[0], "R20")
+    assert plan["indicator"] == "info" and "possibly outdated" in plan["detail"].lower()
