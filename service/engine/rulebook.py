@@ -34,6 +34,15 @@ def _citations(citation: str) -> list[dict[str, str]]:
     return out
 
 
+def shown(value: Any, unit: str | None) -> str:
+    """A threshold as the catalogue's readers show it: "0.5 mg/kg", "not set", "no"."""
+    if value is None:
+        return "not set (site policy)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value}{' ' + unit if unit else ''}"
+
+
 def catalogue(policy: Policy) -> dict[str, Any]:
     """Every rule, as data: what governance reads (and what /rules.json serves)."""
     props = schema()["properties"]["thresholds"]["properties"]
@@ -57,6 +66,7 @@ def catalogue(policy: Policy) -> dict[str, Any]:
                         "name": t,
                         "value": policy.thresholds[t],
                         "unit": props[t].get("x-unit"),
+                        "shown": shown(policy.thresholds[t], props[t].get("x-unit")),
                         "source": props[t].get("x-source"),
                         "description": props[t].get("description"),
                     }

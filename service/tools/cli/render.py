@@ -180,7 +180,7 @@ def _severity(rule: dict[str, Any]) -> Text:
 
 
 def _threshold(t: dict[str, Any]) -> str:
-    return f"{t['name']} = {t['value']}{' ' + t['unit'] if t.get('unit') else ''}"
+    return f"{t['name']} = {t['shown']}"
 
 
 def rule_panel(r: dict[str, Any], policy_version: str) -> Panel:

@@ -93,7 +93,7 @@ def rules_markdown(chosen: list[dict[str, Any]], policy_version: str) -> str:
             severity = f"disabled ({severity})"
         hooks = ", ".join(r["hooks"])
         thresholds = "; ".join(
-            f"`{t['name']}` {t['value']}{' ' + t['unit'] if t.get('unit') else ''}"
+            f"`{t['name']}` {t['shown']}"
             for t in r["thresholds"]
         )
         lines.append(
