@@ -419,7 +419,7 @@ class Settings:
         text("path"),
         "the local journal (SQLite): every evaluation and feedback item is written here before "
         "the answer, then shipped to the registry database; put it on the instance's "
-        "persistent volume (see [production](docs/production.md#durability))",
+        "persistent volume (see [durability](docs/durability.md))",
         shown="beside the SQLite registry; `./kcds-journal-<hash>.db` with PostgreSQL",
     )
     journal_sync: str = _var(
