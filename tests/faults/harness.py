@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,6 +203,25 @@ class ReadinessWatch:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def under_fault(
+    rig: Rig, begin: Callable[[], object], end: Callable[[], object], during: float
+) -> tuple[Load, ReadinessWatch, float]:
+    """Load and a readiness watch; after 2 s ``begin()`` the fault, ``during`` seconds later
+    ``end()`` it; then stop the load and wait for the registry. Returns the load, the watch
+    and the seconds from the fault's end until everything acknowledged was stored."""
+    load = Load(rig)
+    watch = ReadinessWatch(rig)
+    time.sleep(2)
+    begin()
+    time.sleep(during)
+    end()
+    ended = time.monotonic()
+    load.stop()
+    recovered(rig, load)
+    watch.stop()
+    return load, watch, round(time.monotonic() - ended, 1)
 
 
 def recovered(rig: Rig, load: Load, within: float = RECOVERY_WITHIN) -> float:

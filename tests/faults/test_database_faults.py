@@ -5,12 +5,10 @@ in the registry."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.conftest import stop
-from tests.faults.harness import Load, ReadinessWatch, metric, recovered, report
+from tests.faults.harness import Load, ReadinessWatch, metric, report, under_fault
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -28,26 +26,18 @@ def assert_nothing_lost(load: Load, watch: ReadinessWatch, figures: dict) -> Non
 
 def test_database_down_for_20_s(rig, proxy):
     server = rig.start()
-    load = Load(rig)
-    watch = ReadinessWatch(rig)
-    time.sleep(2)
-    proxy.set("refuse")
-    time.sleep(OUTAGE)
-    during = (len(load.answered), len(load.acknowledged))
-    fallbacks = metric(server, "kcds_replay_cache_fallbacks_total")
-    proxy.set("pass")
-    cleared = time.monotonic()
-    time.sleep(1)
-    load.stop()
-    recovered(rig, load)
-    watch.stop()
+    during: dict[str, float] = {}
+
+    def end() -> None:
+        during["fallbacks"] = metric(server, "kcds_replay_cache_fallbacks_total")
+        proxy.set("pass")
+
+    load, watch, recovery = under_fault(rig, lambda: proxy.set("refuse"), end, OUTAGE)
     figures = report(
         "database down 20 s",
         load,
-        round(time.monotonic() - cleared, 1),
-        answered_during_outage=during[0],
-        feedback_acknowledged_during_outage=during[1],
-        replay_checks_by_the_fallback=fallbacks,
+        recovery,
+        replay_checks_by_the_fallback=during["fallbacks"],
         readiness=watch.statuses,
         degradations_seen=sorted(watch.seen),
         largest_journal_backlog=watch.backlog,
@@ -55,28 +45,16 @@ def test_database_down_for_20_s(rig, proxy):
     stop(server)
     assert_nothing_lost(load, watch, figures)
     assert "registry:registry=down" in watch.seen  # reported, not a 503
-    assert fallbacks > 0
+    assert during["fallbacks"] > 0
 
 
 def test_database_slow(rig, proxy):
     """500 ms per packet, both ways, for 10 s."""
     server = rig.start()
-    load = Load(rig)
-    watch = ReadinessWatch(rig)
-    time.sleep(2)
-    proxy.set("delay", 0.5)
-    time.sleep(10)
-    proxy.set("pass")
-    cleared = time.monotonic()
-    load.stop()
-    recovered(rig, load)
-    watch.stop()
-    figures = report(
-        "database slow (500 ms per packet)",
-        load,
-        round(time.monotonic() - cleared, 1),
-        readiness=watch.statuses,
+    load, watch, recovery = under_fault(
+        rig, lambda: proxy.set("delay", 0.5), lambda: proxy.set("pass"), 10
     )
+    figures = report("database slow (500 ms per packet)", load, recovery, readiness=watch.statuses)
     stop(server)
     assert_nothing_lost(load, watch, figures)
 
@@ -85,21 +63,14 @@ def test_worker_recycling_under_a_slow_database(rig, proxy):
     """Workers recycled every ~60 requests while each packet to the database waits 300 ms:
     a stopping worker does not wait on the database, and loses nothing."""
     server = rig.start(KCDS_MAX_REQUESTS="60", KCDS_MAX_REQUESTS_JITTER="30")
-    load = Load(rig)
-    watch = ReadinessWatch(rig)
-    time.sleep(1)
-    proxy.set("delay", 0.3)
-    time.sleep(12)
-    proxy.set("pass")
-    cleared = time.monotonic()
-    load.stop()
-    recovered(rig, load)
-    watch.stop()
+    load, watch, recovery = under_fault(
+        rig, lambda: proxy.set("delay", 0.3), lambda: proxy.set("pass"), 12
+    )
     booted = server.logs().count("Booting worker")
     figures = report(
         "worker recycling under a slow database (300 ms per packet)",
         load,
-        round(time.monotonic() - cleared, 1),
+        recovery,
         workers_booted=booted,
         readiness=watch.statuses,
     )

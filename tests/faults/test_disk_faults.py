@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import errno
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import stop
-from tests.faults.harness import Load, ReadinessWatch, metric, recovered, report
+from tests.faults.harness import metric, report, under_fault
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -46,30 +45,25 @@ def fill(disk: Path) -> Path:
 
 def test_journal_disk_full(rig, small_disk):
     server = rig.start(KCDS_JOURNAL=str(small_disk / "journal.db"))
-    load = Load(rig)
-    watch = ReadinessWatch(rig)
-    time.sleep(2)
-    filler = fill(small_disk)
-    time.sleep(6)
-    refused = metric(server, 'kcds_registry_write_failures_total{kind="journal"}')
-    filler.unlink()
-    cleared = time.monotonic()
-    time.sleep(2)
-    load.stop()
-    recovered(rig, load)
-    watch.stop()
+    full: dict[str, object] = {}
+
+    def end() -> None:
+        full["refused"] = metric(server, 'kcds_registry_write_failures_total{kind="journal"}')
+        full["filler"].unlink()
+
+    load, watch, recovery = under_fault(rig, lambda: full.update(filler=fill(small_disk)), end, 6)
     unrecorded = metric(server, "kcds_evaluations_unrecorded_total")
     figures = report(
         "journal disk full",
         load,
-        round(time.monotonic() - cleared, 1),
-        journal_writes_refused=refused,
+        recovery,
+        journal_writes_refused=full["refused"],
         evaluations_unrecorded_metric=unrecorded,
         readiness=watch.statuses,
         degradations_seen=sorted(watch.seen),
     )
     stop(server)
-    assert refused > 0, "the journal never refused a write: the disk was not full"
+    assert full["refused"] > 0, "the journal never refused a write: the disk was not full"
     assert "registry:journal=full" in watch.seen
     assert set(watch.statuses) == {"200"}, watch.statuses
     assert not load.refused and not load.feedback_refused, figures
