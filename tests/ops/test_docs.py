@@ -142,3 +142,10 @@ def test_every_source_a_rule_cites_is_in_the_source_list():
     for rule in RULES.values():
         for source_id in re.findall(r"\bS\d+\b", rule.source):
             assert source_id in sources(), f"{rule.id} cites {source_id}: not in sources.yaml"
+
+
+def test_every_shipped_value_set_has_its_provenance_section():
+    """CONTRIBUTING's value-set step 2: SOURCES.md has a section per set file."""
+    folder = ROOT / "service" / "engine" / "data" / "valuesets"
+    sections = set(re.findall(r"^### (\S+\.json) ", (folder / "SOURCES.md").read_text(), re.M))
+    assert sections == {p.name for p in folder.glob("*.json")}
