@@ -37,6 +37,7 @@ from service.engine.hooks import KetamineCDS
 from service.engine.orders import ketamine_orders
 from service.engine.rules import Evaluation, evaluate
 from service.engine.snooze import look_up
+from service.web import gc_settings
 from service.web.app import build_engine
 
 BASE_URL = "http://127.0.0.1:8080"
@@ -77,6 +78,8 @@ class Bench:
         self.engine: KetamineCDS = build_engine(self.settings)
         self.catalog = ServiceCatalog(self.engine.services())
         self.limits = InputLimits(max_entries=self.settings.max_prefetch_resources)
+        gc_settings.settle()  # the garbage collector as the gunicorn workers have it
+        gc_settings.freeze()
         # handle() grew a ``limits`` parameter; stay runnable if its signature moves again
         self._with_limits = "limits" in inspect.signature(handle).parameters
 

@@ -30,12 +30,12 @@ Metrics: prometheus-client's multiprocess mode needs a directory shared by the w
 library requires. A worker's files are marked dead when it exits.
 """
 
-import gc
 import os
 import shutil
 import tempfile
 
 from service.config import ConfigError, read
+from service.web import gc_settings
 
 
 def _setting(name: str) -> int:
@@ -54,7 +54,6 @@ keepalive = _setting("keepalive")
 max_requests = _setting("max_requests")
 max_requests_jitter = _setting("max_requests_jitter")
 preload_app = True  # load policy and value sets once, before forking
-GC_YOUNG_THRESHOLD = 50_000  # see when_ready
 accesslog = None  # the app writes its own JSON access log without patient data
 errorlog = "-"
 # gunicorn's own lines (start, workers, signals; its access log if switched on) as JSON too
@@ -78,24 +77,15 @@ else:  # values left by an earlier run would be added to this one's
 
 
 def when_ready(server):
-    """In the master, the app loaded (``preload_app``), before the first fork: what start-up
-    left for the garbage collector is collected once, and the youngest generation is
-    collected after 50,000 net allocations instead of 700 (the workers inherit it). A hook
-    call's objects (the parsed body, the record, the models) live as long as the request,
-    so a collection during it only finds them alive and promotes them to be traversed again
-    by the older generations. GC per L request, alone: 0.42 ms at 700; four at once (the
-    four threads of a gthread worker): 1.1 ms at 700, 0.38 ms at 10,000, none at 50,000.
-    Cyclic garbage (rare here) waits until that many objects more are alive: a few MB."""
-    gc.collect()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    """In the master, the app loaded (``preload_app``), before the first fork: collect what
+    start-up left and raise the young GC threshold (``service.web.gc_settings``)."""
+    gc_settings.settle()
 
 
 def pre_fork(server, worker):
-    """In the master, before each fork: every object so far (the app, the policy, the value
-    sets, the ``fhir.resources`` models: ~250,000) moves to the permanent generation, so the
-    workers' full collections no longer traverse it (M: 0.77 ms of GC per request before,
-    0.004 ms after; issue 15) nor write to the pages they share with the master."""
-    gc.freeze()
+    """In the master, before each fork: the preloaded objects move to the permanent GC
+    generation, which the workers' collections never traverse (``service.web.gc_settings``)."""
+    gc_settings.freeze()
 
 
 def child_exit(server, worker):
