@@ -597,3 +597,38 @@ def test_the_writer_batches_drops_when_full_retries_and_flushes_on_close():
     assert all(writer.put(i) for i in (5, 6, 7))
     writer.close(timeout=5)
     assert written == [0, 1, 2, 3, 5, 6, 7] and not writer.put(8)
+
+
+def test_a_registry_database_outage_is_a_degradation_on_either_database(database_url, monkeypatch):
+    """SQLite or PostgreSQL alike: while the database does not take writes, hooks and
+    feedback are answered, readiness is 200 and says the registry is down; once it takes them
+    again, everything is stored."""
+    monkeypatch.setattr("service.web.health.CACHE_SECONDS", 0.0)
+    app = make_app(database_url)
+    client = app.test_client()
+    registry = registry_of(app)
+    evaluate(client)
+    assert registry.flush()
+    write = registry.store.write
+
+    def down(work, within):
+        raise Unavailable("down")
+
+    monkeypatch.setattr(registry.store, "write", down)
+    card = evaluate(client)["cards"][0]
+    r = client.post(SIGN + "/feedback", json={"feedback": [accepted(card)]})
+    assert r.status_code == 200 and r.get_json()["unknownCards"] == []
+    for _ in range(200):  # the shipper's next attempt finds the database down
+        ready = client.get("/health/ready")
+        if ready.get_json()["dependencies"]["registry"]["registry"] == "down":
+            break
+        time.sleep(0.02)
+    assert ready.status_code == 200 and ready.get_json()["status"] == "degraded"
+    assert ready.get_json()["dependencies"]["registry"]["journal_backlog"] == 2
+    monkeypatch.setattr(registry.store, "write", write)
+    assert registry.flush(timeout=15)
+    records = exported(app)
+    assert [r["record"] for r in records].count("evaluation") == 2
+    assert [r["card"] for r in records if r["record"] == "feedback"] == [card["uuid"]]
+    assert client.get("/health/ready").get_json()["status"] == "ok"
+    registry.close()
