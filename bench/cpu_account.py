@@ -152,7 +152,8 @@ def install(app: Any) -> Account:
     for owner, name, bucket in patches:
         if hasattr(owner, name):
             _patch(account, owner, name, bucket)
-    http.log.info = account.wrap(http.log.info, "logging (access line)")  # type: ignore[method-assign]
+    for name in ("info", "handle"):  # the access line goes to handle; errors through info
+        setattr(http.log, name, account.wrap(getattr(http.log, name), "logging (access line)"))
     engine = app.extensions["ketamine-cds"]
     if engine.recorder is not None:
         engine.recorder = account.wrap(engine.recorder, "registry: journal write")
@@ -161,6 +162,9 @@ def install(app: Any) -> Account:
     for sid, definition in list(catalog._services.items()):
         wrapped = account.wrap(definition.handler, "engine: handler glue")
         catalog._services[sid] = dataclasses.replace(definition, handler=wrapped)
+    # the view's own time is mostly freeing what the request built (body, record, models)
+    view = app.view_functions["cds_hooks.call"]
+    app.view_functions["cds_hooks.call"] = account.wrap(view, "view (frees the request's objects)")
 
     inner = app.wsgi_app
     timed_app = account.wrap(inner, "Flask/Werkzeug (routing, request, hooks)")
