@@ -70,6 +70,15 @@ def test_selftest_through_a_running_instance_with_a_token_per_call(tmp_path):
         stop(server)
 
 
+#: the preview page of an installed copy offers a fixture, and serves it
+PREVIEW_CHECK = """
+from service.web.app import create_app
+client = create_app().test_client()
+page = client.get("/preview?fixture=r09-bp-185-fires")
+print(page.status_code, client.get("/preview/fixtures/r09-bp-185-fires.json").status_code)
+"""
+
+
 @pytest.mark.e2e
 def test_a_plain_install_checks_itself_from_any_directory(tmp_path):
     """`pip install <checkout>` (not editable) into a new virtualenv, as hospital IT would;
@@ -108,6 +117,15 @@ def test_a_plain_install_checks_itself_from_any_directory(tmp_path):
     site = next(venv.glob("lib/python*/site-packages"))
     assert (site / "service" / "fixtures" / "r09-bp-185-fires" / "request.json").is_file()
     assert not (site / "service" / "fixtures" / "build.py").exists()  # data, not the builder
+    preview = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", PREVIEW_CHECK],
+        cwd=elsewhere,
+        env={**env, "KCDS_AUTH": "off", "KCDS_REGISTRY": "off"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert preview.stdout.split() == ["200", "200"], preview.stderr[-2000:]
     checked = installed("fixtures", "check")
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
     selftest = installed("selftest")
