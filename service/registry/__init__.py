@@ -330,9 +330,8 @@ class Registry:
         for entry in entries:
             payload = orjson.loads(entry.payload)
             if entry.kind == "evaluation":
-                evaluations.append(
-                    {table: _rows(table, payload.get(table.name, [])) for table in _TABLES}
-                )
+                tables = schema.EVALUATION_TABLES
+                evaluations.append({t: _rows(t, payload.get(t.name, [])) for t in tables})
             else:
                 feedback.extend(_rows(schema.feedback, [payload]))
         self._insert_evaluations(conn, evaluations)
@@ -561,9 +560,6 @@ class Registry:
             "reason_code": reason.get("code"),
             "user_comment": comment if self._store_comments else None,
         }
-
-
-_TABLES = schema.EVALUATION_TABLES
 
 
 def _dumps(rows: Rows | dict[str, Any]) -> bytes:
