@@ -82,7 +82,7 @@ class Server:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                for suffix in ("", "-wal", "-shm", "-journal"):
+                for suffix in ("", "-wal", "-shm", "-journal", ".lock"):
                     Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
@@ -129,7 +129,9 @@ def start(
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    server = Server(port, process, log, (metrics, log_dir / f"bench-{port}.db"))
+    # the registry database and the local journal beside it (service.registry.journal_path)
+    scratch = (metrics, log_dir / f"bench-{port}.db", log_dir / f"bench-{port}.journal.db")
+    server = Server(port, process, log, scratch)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
