@@ -144,7 +144,9 @@ def validator(name: str) -> Draft202012Validator:
 
 @cache
 def fast_validator(name: str) -> jsonschema_rs.Validator:
-    """The compiled validator of schema ``name``: says whether an instance is valid."""
+    """The compiled validator of schema ``name``: says whether an instance is valid. The
+    reference one is compiled with it, so that both are ready before gunicorn forks."""
+    validator(name)
     defs = load_schema("_defs.json")
     registry = jsonschema_rs.Registry([(defs["$id"], defs)])
     return jsonschema_rs.validator_for(load_schema(name), registry=registry)
@@ -203,7 +205,10 @@ def check(name: str, instance: Any, prefix: str = "") -> None:
     if error is not None:
         where, problem = _describe(error, prefix)
         raise bad_request(f"{where} {problem}", field=where)
-    refused = next(iter(fast_validator(name).iter_errors(instance)), None)
+    try:
+        refused = next(iter(fast_validator(name).iter_errors(instance)), None)
+    except ValueError:  # not JSON data, and the reference validator found nothing wrong
+        return
     if refused is not None:  # an ECMA-262 pattern that Python's re would have matched
         where = field_path(refused.instance_path, prefix) or prefix or "body"
         raise bad_request(f"{where} has an invalid value", field=where)

@@ -94,3 +94,10 @@ def test_a_pattern_only_ecma_262_refuses_is_still_a_400_naming_the_field():
     with pytest.raises(CDSHooksError) as refused:
         check("order-sign.json", body, prefix="context")
     assert refused.value.status == 400 and refused.value.field == "context.patientId"
+
+
+def test_values_json_cannot_hold_go_to_the_reference_validator():
+    check("order-sign.json", {**ORDER_SIGN, "encounterId": "e-1", "extra": {1, 2}}, "context")
+    with pytest.raises(CDSHooksError) as refused:
+        check("order-sign.json", {**ORDER_SIGN, "patientId": "p 1", "extra": {1}}, "context")
+    assert refused.value.field == "context.patientId"
