@@ -6,7 +6,8 @@
 # BASE_IMAGE must provide python3 with venv (python:3.12-slim, or plain Debian with
 # python3-venv, as ../shared/tools/container-smoke.sh builds it). Two stages: the build stage
 # installs the service into a virtualenv; the final stage copies only that virtualenv (no
-# pip, no build tools, no caches) and the fixtures, and runs as an unprivileged user.
+# pip, no build tools, no caches; the fixtures are in it as package data), and runs as an
+# unprivileged user.
 ARG BASE_IMAGE=python:3.12-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -15,6 +16,8 @@ RUN python3 -m venv /opt/kcds
 COPY pyproject.toml README.md ./
 COPY cds_hooks ./cds_hooks
 COPY service ./service
+# service/fixtures links to fixtures/: the fixtures are package data, as in any install
+COPY fixtures ./fixtures
 # the database drivers are extras: the image has both, so any KCDS_DATABASE_URL or
 # KCDS_REPLAY_CACHE of the configuration table works in it
 RUN /opt/kcds/bin/pip install --no-cache-dir --disable-pip-version-check '.[postgres,redis]' \
@@ -33,10 +36,8 @@ LABEL org.opencontainers.image.title="ketamine-cds" \
 ENV PATH=/opt/kcds/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    KCDS_DATABASE_URL=sqlite:////var/lib/kcds/ketamine-cds.db \
-    KCDS_FIXTURES_DIR=/opt/kcds/fixtures
+    KCDS_DATABASE_URL=sqlite:////var/lib/kcds/ketamine-cds.db
 COPY --from=build /opt/kcds /opt/kcds
-COPY fixtures /opt/kcds/fixtures
 RUN groupadd --gid 10001 kcds \
  && useradd --uid 10001 --gid kcds --no-create-home --home-dir /var/lib/kcds \
       --shell /usr/sbin/nologin kcds \
