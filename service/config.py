@@ -619,3 +619,63 @@ def write_table(path: Path) -> None:
 
 if __name__ == "__main__":  # python -m service.config README.md
     write_table(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
+
+
+# -- the whole configuration at once ---------------------------------------------------------
+
+
+def read_all(env: Env | None = None) -> tuple[Settings, list[str]]:
+    """The settings, each variable that cannot be read left at its default, and why each
+    could not be read (one line each)."""
+    env = os.environ if env is None else env
+    values, found = {}, []
+    for f in fields(Settings):
+        try:
+            values[f.name] = read(f.name, env)
+        except ConfigError as exc:
+            found.append(str(exc))
+    return Settings(**values), found
+
+
+def problems(env: Env | None = None) -> list[str]:
+    """Every reason the configuration in ``env`` cannot work, one line each (none: it can
+    start): each variable that cannot be read, what the settings require of each other, and
+    the files and folders they name (read, never created). Writes nothing, connects to
+    nothing; the engine's own files (policy, ValueSets) are checked by ``serve``."""
+    settings, found = read_all(env)
+    unread = {line.split()[0].rstrip(":") for line in found}
+    issuers_read = not unread & {"KCDS_AUTH", "KCDS_TRUSTED_ISSUERS"}
+    if issuers_read and settings.auth == "jwt" and not settings.trusted_issuers:
+        found.append(
+            "KCDS_TRUSTED_ISSUERS is required with KCDS_AUTH=jwt (the default): the issuers the "
+            "service trusts and their JWK Sets (KCDS_AUTH=off is for development only)"
+        )
+    key_read = not unread & {"KCDS_AUTH", "KCDS_REGISTRY", "KCDS_PSEUDONYM_KEY"}
+    if key_read and settings.registry and settings.auth != "off" and not settings.pseudonym_key:
+        found.append(
+            "KCDS_PSEUDONYM_KEY is required while the registry is on "
+            "(set it, or set KCDS_REGISTRY=off)"
+        )
+    return found + _unusable_files(settings)
+
+
+def _unusable_files(settings: Settings) -> list[str]:
+    """The JWK Set files the issuers name, read as the service reads them, and the folder of
+    a SQLite registry (it must exist and be writable: it is never created)."""
+    from cds_hooks.auth import JwtAuthenticator
+
+    found = []
+    for issuer in settings.trusted_issuers:
+        if issuer.jwks_file:
+            try:
+                JwtAuthenticator([issuer])
+            except (OSError, ValueError) as exc:
+                found.append(f"KCDS_TRUSTED_ISSUERS: {issuer.issuer!r} jwks_file unusable ({exc})")
+    url = settings.database_url if settings.registry else ""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            found.append(
+                f"KCDS_DATABASE_URL: {folder} is not a folder the SQLite registry can be written in"
+            )
+    return found
