@@ -66,6 +66,48 @@ def test_the_example_order_is_read_as_the_guide_says(terminology):
     assert (read.drug, read.route, read.dose_mg, read.minutes) == ("ketamine", "iv", 35, 40)
 
 
+def test_the_route_codes_quoted_are_read_as_stated():
+    from service.engine.orders import ROUTE_CODES, SNOMED, V3_ROUTE
+
+    snomed, v3 = quote("route-codes").split("HL7 v3")
+    for part, system in ((snomed, SNOMED), (v3, V3_ROUTE)):
+        pairs = re.findall(r"`([^`]+)` \((\w+)\)", part)
+        assert len(pairs) == 5
+        assert all(ROUTE_CODES[(system, code)] == name for code, name in pairs), pairs
+
+
+@pytest.fixture(scope="module")
+def client():
+    return create_app(Settings.from_env({"KCDS_AUTH": "off", "KCDS_REGISTRY": "off"})).test_client()
+
+
+def test_order_select_checks_only_the_selected_orders(client):
+    body = load("r09-bp-185-fires")[0]
+    body["hook"] = "order-select"
+    draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+    body["context"]["selections"] = [f"MedicationRequest/{draft['id']}"]
+    r = client.post("/cds-services/ketamine-order-select", json=body)
+    assert r.status_code == 200 and r.get_json()["cards"]
+    body["context"]["selections"] = ["MedicationRequest/another-draft"]
+    r = client.post("/cds-services/ketamine-order-select", json=body)
+    assert r.get_json() == {"cards": []}
+    del body["context"]["selections"]
+    r = client.post("/cds-services/ketamine-order-select", json=body)
+    assert r.status_code == 400 and r.get_json()["field"] == "context.selections"
+
+
+def test_a_readable_invalid_order_is_checked_and_the_problem_named(client):
+    assert "rule D03" in quote("invalid-orders")
+    body = load("r09-bp-185-fires")[0]
+    draft = body["context"]["draftOrders"]["entry"][0]["resource"]
+    draft["category"] = {"text": "inpatient"}  # one object where R4 has a list
+    del draft["intent"]
+    r = client.post("/cds-services/ketamine-order-sign", json=body)
+    assert r.status_code == 200, r.get_json()
+    rules = {rule for c in r.get_json()["cards"] for rule in c["extension"]["ketamine-cds.rules"]}
+    assert {"R09", "D03"} <= rules, rules
+
+
 def test_the_scopes_are_the_prefetch_resource_types():
     scopes = quote("scopes").split()
     assert scopes == [f"user/{kind}.read" for kind, _ in PREFETCH.values()]
