@@ -1,11 +1,11 @@
 """Sync or threaded workers? Prefetched calls under wrk, alone and beside calls that fetch.
 
-    .venv/bin/python bench/workers.py                  # gthread (KCDS_THREADS=4) and sync
+    .venv/bin/python bench/workers.py                  # gthread, sync, more sync workers
     .venv/bin/python bench/workers.py --seconds 10 --fetchers 2
 
-For each worker model (``KCDS_THREADS``: 4 gives gthread, 1 the sync worker), gunicorn runs
-the production settings with 2 workers and wrk drives the prefetched S request at 8
-connections: once alone, and once while ``--fetchers`` clients keep sending the same call
+For each worker model (2 gthread workers × 4 threads, the default; 2 sync workers; 4 sync
+workers), gunicorn runs the production settings and wrk drives the prefetched S request at
+8 connections: once alone, and once while ``--fetchers`` clients keep sending the same call
 without prefetch, so that the service fetches its eight keys from ``bench/fhir_server.py``
 (50 ms per response). A sync worker is blocked for the whole fetch; a gthread worker answers
 other calls meanwhile. Prints one markdown table.
@@ -31,7 +31,13 @@ import workloads  # noqa: E402
 from fetch import to_fetch  # noqa: E402
 from fhir_server import SlowFhirServer  # noqa: E402
 
-MODELS = {"gthread (KCDS_THREADS=4)": "4", "sync (KCDS_THREADS=1)": "1"}
+#: label → (KCDS_WORKERS, KCDS_THREADS): the default, the sync worker, and sync workers
+#: beyond the cores (a worker held by a fetch leaves others to answer)
+MODELS = {
+    "2 gthread workers × 4 threads": ("2", "4"),
+    "2 sync workers": ("2", "1"),
+    "4 sync workers": ("4", "1"),
+}
 
 
 def fetching(url: str, path: str, body: bytes, stop: threading.Event, seen: list[float]):
@@ -42,7 +48,9 @@ def fetching(url: str, path: str, body: bytes, stop: threading.Event, seen: list
             seen.append(seconds * 1000)
 
 
-def measure(model: str, threads: str, w: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+def measure(
+    model: str, workers: str, threads: str, w: Any, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, SlowFhirServer(w.body["prefetch"], 0.05) as fhir:
         log_dir = Path(tmp)
@@ -50,7 +58,7 @@ def measure(model: str, threads: str, w: Any, args: argparse.Namespace) -> list[
         body_file.write_bytes(w.raw)
         fetch_body = orjson.dumps(to_fetch(w.body, fhir.base_url))
         path = f"/cds-services/{w.service_id}"
-        env = {"KCDS_THREADS": threads, "KCDS_WORKERS": "2"}
+        env = {"KCDS_THREADS": threads, "KCDS_WORKERS": workers}
         server, _ = loadtest.start(log_dir, env)
         try:
             status, answer, _ = loadtest.request(server.url, "POST", path, fetch_body)
@@ -94,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", default="S", choices=("S", "M"))
     args = parser.parse_args(argv)
     (w,) = workloads.build(names={args.workload})
-    rows = [r for model, t in MODELS.items() for r in measure(model, t, w, args)]
+    rows = [r for model, (n, t) in MODELS.items() for r in measure(model, n, t, w, args)]
     print(
-        f"{args.workload} prefetched, wrk 8 connections, {args.seconds:g} s; 2 workers; "
+        f"{args.workload} prefetched, wrk 8 connections, {args.seconds:g} s; "
         "beside it, clients whose calls fetch 8 keys (50 ms per FHIR response)\n"
     )
     print(
