@@ -3,8 +3,8 @@
     .venv/bin/python bench/workers.py                  # gthread, sync, more sync workers
     .venv/bin/python bench/workers.py --seconds 10 --fetchers 2
 
-For each worker model (2 gthread workers × 4 threads, the default; 2 sync workers; 4 sync
-workers), gunicorn runs the production settings and wrk drives the prefetched S request at
+For each worker model (2 gthread workers × 4 threads, the default, or × 2; 2 sync workers;
+4 sync workers), gunicorn runs the production settings and wrk drives the prefetched S request at
 8 connections: once alone, and once while ``--fetchers`` clients keep sending the same call
 without prefetch, so that the service fetches its eight keys from ``bench/fhir_server.py``
 (50 ms per response). A sync worker is blocked for the whole fetch; a gthread worker answers
@@ -31,10 +31,11 @@ import workloads  # noqa: E402
 from fetch import to_fetch  # noqa: E402
 from fhir_server import SlowFhirServer  # noqa: E402
 
-#: label → (KCDS_WORKERS, KCDS_THREADS): the default, the sync worker, and sync workers
-#: beyond the cores (a worker held by a fetch leaves others to answer)
+#: label → (KCDS_WORKERS, KCDS_THREADS): the default, fewer threads, the sync worker, and
+#: sync workers beyond the cores (a worker held by a fetch leaves others to answer)
 MODELS = {
     "2 gthread workers × 4 threads": ("2", "4"),
+    "2 gthread workers × 2 threads": ("2", "2"),
     "2 sync workers": ("2", "1"),
     "4 sync workers": ("4", "1"),
 }
