@@ -108,6 +108,29 @@ def test_a_readable_invalid_order_is_checked_and_the_problem_named(client):
     assert {"R09", "D03"} <= rules, rules
 
 
+def test_the_routes_listed_are_the_apps(tmp_path):
+    settings = Settings.from_env(
+        {
+            "KCDS_AUTH": "off",  # the preview is on
+            "KCDS_ADMIN_TOKEN": "a" * 40,
+            "KCDS_METRICS_TOKEN": "m" * 40,
+            "KCDS_DATABASE_URL": f"sqlite:///{tmp_path}/registry.db",
+        }
+    )
+    app = create_app(settings)
+    served = {
+        (method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
+        for rule in app.url_map.iter_rules()
+        if not rule.rule.endswith("/<path:filename>")  # the pages' own assets
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    listed = set(re.findall(r"`(GET|POST) ([^`]+)`", quote("routes")))
+    aliases = {"{service_id}": "{id}", "{rule_id}": "{id}"}
+    for old, new in aliases.items():
+        served = {(m, r.replace(old, new)) for m, r in served}
+    assert listed == served
+
+
 def test_the_scopes_are_the_prefetch_resource_types():
     scopes = quote("scopes").split()
     assert scopes == [f"user/{kind}.read" for kind, _ in PREFETCH.values()]
