@@ -216,12 +216,17 @@ def measured_wrk(
     server: Server, url: str, body_file: Path, c: int, seconds: float, patient: str | None = None
 ):
     """wrk, plus the CPU the rest of the machine used meanwhile (busy cores minus gunicorn's
-    and wrk's own)."""
+    and wrk's own), and how the load fell on the workers (each one's share of their CPU:
+    gthread workers keep a client's connections, so a few connections can all land on one)."""
     speed = calibrate()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    per_worker = {pid: process_seconds(pid) for pid in server.workers()}
     meter = Meter(server.cpu_seconds).start()
     result = wrk(url, body_file, c, seconds, patient=patient)
     seen = meter.stop()
+    used = [process_seconds(pid) - before for pid, before in per_worker.items()]
+    total = sum(used) or 1.0
+    result["worker_shares"] = sorted((u / total for u in used), reverse=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     wrk_cores = wrk_cpu / seen["wall_s"]

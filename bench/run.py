@@ -250,14 +250,15 @@ def markdown(results: dict[str, Any]) -> str:
             )
             + f", loopback; wrk -t1, {results['http_seconds']:g} s per row; CPU in cores: "
             "the service (master + workers), wrk, and other processes on the machine; "
-            "CPU ms/req = service CPU per request; the floor is `bench/floor.py`, a bare WSGI "
+            "CPU ms/req = service CPU per request; workers' shares: how that CPU fell on the "
+            "workers; the floor is `bench/floor.py`, a bare WSGI "
             "app that reads and parses the body, under the same gunicorn settings, measured "
             "right after each row)",
             "",
             "| workload | concurrency | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
-            "| service CPU | CPU ms/req | floor req/s | floor p50 ms | p50 × floor "
-            "| wrk CPU | others' CPU | speed index |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+            "| service CPU | CPU ms/req | workers' shares | floor req/s | floor p50 ms "
+            "| p50 × floor | wrk CPU | others' CPU | speed index |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|",
         ]
         floors = {(f["workload"], f["connections"]): f for f in http.get("floor", [])}
         for r in http["load"]:
@@ -276,7 +277,9 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['workload']} | {r['connections']} | {r['rps']:,.0f} | {_f(r['p50_ms'])} "
                 f"| {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {r['errors']} "
-                f"| {_f(r.get('server_cores'))} | {_f(per_request)} | {floor_cells} "
+                f"| {_f(r.get('server_cores'))} | {_f(per_request)} "
+                f"| {' / '.join(f'{x:.0%}' for x in r.get('worker_shares') or ())} "
+                f"| {floor_cells} "
                 f"| {_f(r.get('wrk_cores'))} | {_f(r.get('other_cores'))} "
                 f"| {_f(r.get('speed_index_ms'), 1)} |"
             )
