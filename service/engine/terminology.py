@@ -354,13 +354,15 @@ class Terminology:
             self._add_concept(key, {})  # a set no concept names (a site's new one): by code
         # a site policy's extra codes and drug names; names no concept knows have no effect
         # (``ketamine-cds policy check`` warns about them)
+        # (an alias of several concepts gives them to its last, the catch-all: a local drug
+        # under cns_depressants is an "other CNS depressant", not a benzodiazepine or opioid)
         for name, codes in (extra_codes or {}).items():
-            for target in self._targets(name, strict=False)[:1]:
+            for target in self._targets(name, strict=False)[-1:]:
                 for c in codes:
                     prefix = c.get("match") == "prefix"
                     self._index(target, c["system"], str(c["code"]), False, "", "site", prefix)
         for name, drugs in (extra_drugs or {}).items():
-            for target in self._targets(name, strict=False):
+            for target in self._targets(name, strict=False)[-1:]:
                 concept = self.concepts[target]
                 for drug in drugs:
                     concept.ingredients[drug.lower()] = drug

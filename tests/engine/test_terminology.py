@@ -226,6 +226,12 @@ def site_set(key: str, concepts: list[dict], **extra: Any) -> dict:
 LOCAL_AVM = {"code": "1234567890", "display": "Local AVM concept"}
 
 
+def test_site_policy_drugs_under_an_old_class_name_go_to_its_catch_all():
+    terms = load_terminology(extra_drugs={"cns_depressants": ["lorazepamum"]})
+    classes = {i.drug_class for i in terms.ingredients({"text": "Lorazepamum 1 mg"})}
+    assert classes == {"cns_depressants_other", "cns_depressants"}  # not benzodiazepines
+
+
 def test_a_site_folder_replaces_a_set_with_the_same_id(tmp_path):
     (tmp_path / "avm.json").write_text(
         json.dumps(site_set("arteriovenous-malformation", [LOCAL_AVM])), "utf-8"
