@@ -92,10 +92,7 @@ def rules_markdown(chosen: list[dict[str, Any]], policy_version: str) -> str:
         if not r["enabled"]:
             severity = f"disabled ({severity})"
         hooks = ", ".join(r["hooks"])
-        thresholds = "; ".join(
-            f"`{t['name']}` {t['shown']}"
-            for t in r["thresholds"]
-        )
+        thresholds = "; ".join(f"`{t['name']}` {t['shown']}" for t in r["thresholds"])
         lines.append(
             f"| **{r['id']}** {cell(r['title'])} | {cell(severity)} | "
             f"{r['applies_to']}; {hooks} | {cell(r['trigger'])} | "
