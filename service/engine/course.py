@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from .orders import _route as route_of
+from .orders import route_of
 from .record import Administration, BloodPressure, Observation, weight_kg
 from .rules import Evaluation
-from .rules.regimen import course_so_far
+from .rules.regimen import course_so_far, sessions_in_30_days
 from .rules.surveillance import baseline_and_latest, ratings
 from .terminology import listed, obj
 
@@ -159,6 +159,7 @@ def sessions(ev: Evaluation, resources: Mapping[str, Mapping[str, Any]]) -> list
     resources by reference ("MedicationAdministration/id"), for route and performer, which the
     rules do not read."""
     admins: list[Administration] = ev.record.administrations
+    frequency = sessions_in_30_days(admins)
     out = []
     for i, a in enumerate(admins):
         before, after = _bp_around(ev, a.when)
@@ -175,7 +176,7 @@ def sessions(ev: Evaluation, resources: Mapping[str, Mapping[str, Any]]) -> list
                 performer=_performer(raw),
                 bp_before=before,
                 bp_after=after,
-                in_30_days=sum(1 for b in admins[: i + 1] if a.when - b.when < timedelta(days=30)),
+                in_30_days=frequency[i],
             )
         )
     return out

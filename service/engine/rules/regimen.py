@@ -33,6 +33,15 @@ def course_so_far(ev: Evaluation, drug: str | None = None) -> list[Administratio
     return given[start:]
 
 
+def sessions_in_30_days(admins: list[Administration]) -> list[int]:
+    """For each administration (oldest first), how many of ``admins`` fall in the 30 days up
+    to and including it: the session frequency P05 judges and the course view draws."""
+    window = timedelta(days=30)
+    return [
+        sum(1 for b in admins[: i + 1] if a.when - b.when < window) for i, a in enumerate(admins)
+    ]
+
+
 def admin_facts(admins: list[Administration]) -> tuple[Fact, ...]:
     return tuple(
         Fact(a.ref, None, a.when, f"{a.drug}" + (f" {a.dose_mg:g} mg" if a.dose_mg else ""))

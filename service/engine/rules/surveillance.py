@@ -9,7 +9,7 @@ from service.engine.scope import Scope
 
 from .base import Evaluation, finding, rule
 from .conditions import facts, found
-from .regimen import admin_facts, course_so_far, rating_codes
+from .regimen import admin_facts, course_so_far, rating_codes, sessions_in_30_days
 
 
 def ratings(ev: Evaluation) -> list[Observation]:
@@ -175,8 +175,9 @@ def bladder_symptoms_during_the_course(ev: Evaluation):
     source="S1 [E], S4",
     reads=("MedicationAdministration",),
     thresholds=("ketamine_course_days", "ketamine_max_per_30d", "reinduction_gap_days"),
-    trigger="ketamine: the course longer than the course length, or more sessions in 30 days "
-    "than the maximum; esketamine: maintenance beyond 1 year",
+    trigger="ketamine: the current course longer than the course length, or more sessions in "
+    "any 30 days of it than the maximum (the safer reading of the specification's 'in 30 "
+    "days': a burst stays a finding after it ends); esketamine: maintenance beyond 1 year",
 )
 def regimen_beyond_the_evidence(ev: Evaluation):
     p = ev.policy
@@ -187,9 +188,14 @@ def regimen_beyond_the_evidence(ev: Evaluation):
             continue
         days = (ev.now - course[0].when).days
         if drug == "ketamine":
-            month = [a for a in course if a.when >= ev.days_ago(30)]
-            if len(month) > p.ketamine_max_per_30d:
-                problems.append((f"{len(month)} ketamine sessions in 30 days", course))
+            # the busiest 30 days of the current course, not only the last 30 (R31 judges
+            # those at order time): a burst beyond the evidence stays a finding after it
+            counts = sessions_in_30_days(course)
+            busiest = max(counts)
+            if busiest > p.ketamine_max_per_30d:
+                end = counts.index(busiest)
+                window = course[end - busiest + 1 : end + 1]
+                problems.append((f"{busiest} ketamine sessions in 30 days", window))
             elif days > p.ketamine_course_days:
                 problems.append((f"a ketamine course of {days} days", course))
         elif days > 365:
