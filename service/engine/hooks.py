@@ -13,7 +13,7 @@ from .cards import RenderContext, render
 from .orders import has_ketamine, ketamine_orders
 from .policy import Policy
 from .prefetch import templates
-from .record import RecordBuilder, ketamine_kind
+from .record import PatientRecord, RecordBuilder, ketamine_kind
 from .rules import Evaluation, Finding, evaluate
 from .rules.dosing import mg_per_kg
 from .snooze import SnoozeSource, look_up
@@ -100,7 +100,10 @@ class KetamineCDS:
 
     # -- handlers -------------------------------------------------------------------------
 
-    def _record(self, req: HookRequest):
+    def patient_record(self, req: HookRequest) -> PatientRecord:
+        """The patient's record as the rules read it: the request's prefetch (a key that is
+        unavailable or incomplete is a gap, with its reason) and the Medications contained in
+        its draft orders. Used by the hooks and by the SMART course view."""
         gaps = {
             key: result.reason or "unavailable"
             for key, result in req.prefetch.items()
@@ -121,7 +124,7 @@ class KetamineCDS:
         orders = ketamine_orders(self.terminology, req.context["draftOrders"], only)
         if not orders:
             return Response()
-        record = self._record(req)
+        record = self.patient_record(req)
         now = self.clock()
         findings: list[Finding] = []
         summaries = []
@@ -139,7 +142,7 @@ class KetamineCDS:
         )
 
     def patient_view(self, req: HookRequest) -> Response:
-        record = self._record(req)
+        record = self.patient_record(req)
         now = self.clock()
         on_course = bool(record.administrations) or any(
             m.active and ketamine_kind(self.terminology, m.concept) for m in record.medications

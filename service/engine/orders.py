@@ -108,9 +108,11 @@ class DraftOrder:
         return "IV ketamine" if self.is_iv else f"ketamine ({self.route})"
 
 
-def _route(dosage: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(route name, as written): from a known code first, then display or text; a coded
-    route the service cannot name is ``unrecognised`` (checked as IV, and said so)."""
+def route_of(dosage: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The route of a FHIR Dosage, as (route name, as written): from a known code first, then
+    display or text; a coded route the service cannot name is ``unrecognised`` (checked as
+    IV, and said so); (None, None) without a route. Read for draft orders and, by the course
+    view, for administrations."""
     route = dosage.get("route")
     if not isinstance(route, dict):
         return None, None
@@ -233,7 +235,7 @@ def ketamine_orders(
         dose = quantity(dose_and_rate.get("doseQuantity"))
         dose_mg = dose_in_mg(dose_and_rate.get("doseQuantity"))
         per_kg = dose.value if dose and dose.unit.replace(" ", "").lower() == "mg/kg" else None
-        route, route_text = _route(dosage)
+        route, route_text = route_of(dosage)
         orders.append(
             DraftOrder(
                 ref=f"MedicationRequest/{r.get('id', '')}",

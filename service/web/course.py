@@ -276,7 +276,7 @@ class CourseView:
         )
         cards = [view_card(card.to_json()) for card in self.service.handler(req).cards]
         ev = Evaluation(
-            self.engine._record(req),
+            self.engine.patient_record(req),
             None,
             self.engine.policy,
             self.engine.terminology,
