@@ -36,15 +36,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import suppress
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 from .errors import CDSHooksError
+from .sqltable import TIMEOUT, SharedTable
 
 log = logging.getLogger("cds_hooks.replay")
 
-#: seconds a replay-cache call may take before the call is refused
-TIMEOUT = 2.0
 #: least seconds between purges of expired rows (PostgreSQL), per process
 PURGE_EVERY = 300.0
 TABLE = "kcds_jwt_replay"
@@ -162,45 +160,6 @@ class RedisReplayCache:
         self._client.close()
 
 
-def _sql_engine(url: str) -> Any:
-    """A SQLAlchemy engine for a PostgreSQL or SQLite URL, with short timeouts."""
-    from sqlalchemy import create_engine, event
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": TIMEOUT})
-
-        def setup(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")  # a crash keeps it; power loss may not
-            cursor.close()
-
-        event.listen(engine, "connect", setup)
-        return engine
-    if "+" not in parsed.drivername:
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(
-        parsed,
-        pool_pre_ping=True,
-        pool_size=2,
-        max_overflow=8,
-        pool_timeout=TIMEOUT,  # a call never waits longer for a connection than for an answer
-        connect_args={
-            "connect_timeout": math.ceil(TIMEOUT),
-            "application_name": "ketamine-cds replay",
-            "options": f"-c statement_timeout={int(TIMEOUT * 1000)}",
-            # a peer gone silent (no RST) fails within seconds instead of never
-            "keepalives": 1,
-            "keepalives_idle": 2,
-            "keepalives_interval": 1,
-            "keepalives_count": 2,
-            "tcp_user_timeout": int(TIMEOUT * 1000),
-        },
-    )
-
-
 class SqlReplayCache:
     """A :class:`ReplayCache` in a table of PostgreSQL (several hosts) or
     SQLite (the workers and instances of one host), created when missing.
@@ -215,49 +174,28 @@ class SqlReplayCache:
     shared = True
 
     def __init__(self, url: str, clock: Clock = time.time, purge_every: float = PURGE_EVERY):
-        self._engine = _sql_engine(url)
+        self._table = SharedTable(
+            url,
+            (
+                f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+                " key text PRIMARY KEY, expires_at double precision NOT NULL)",
+                f"CREATE INDEX IF NOT EXISTS {TABLE}_expiry ON {TABLE} (expires_at)",
+            ),
+            name="replay cache",
+            log=log,
+            unavailable=ReplayCacheUnavailable,
+        )
         self._clock = clock
         self._purge_every = purge_every
         self._purged_at = -math.inf
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._created = False
-        with suppress(ReplayCacheUnavailable):  # an outage at start: created at first use
-            self._create()
-        self._engine.dispose()  # no connection across gunicorn's fork
-
-    def _create(self) -> None:
-        self._run(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-            " key text PRIMARY KEY, expires_at double precision NOT NULL)"
-        )
-        self._run(f"CREATE INDEX IF NOT EXISTS {TABLE}_expiry ON {TABLE} (expires_at)")
-        self._created = True
-
-    def _run(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
-        from sqlalchemy import exc, text
-
-        if self._pid != os.getpid():  # a forked worker: never use the parent's connections
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._engine.dispose(close=False)
-                    self._pid = os.getpid()
-        try:
-            with self._engine.begin() as conn:
-                result = conn.execute(text(statement), params or {})
-                return list(result) if result.returns_rows else []
-        except exc.SQLAlchemyError as error:
-            log.error("replay cache unavailable", extra={"error_type": type(error).__name__})
-            raise ReplayCacheUnavailable() from None
 
     def first_use(self, issuer: str, jti: str, expires_at: float) -> bool:
-        if not self._created:
-            self._create()
+        self._table.ensure()
         now = self._clock()
         if now - self._purged_at >= self._purge_every:
             self._purged_at = now
             self.purge(now)
-        rows = self._run(
+        rows = self._table.run(
             f"INSERT INTO {TABLE} (key, expires_at) VALUES (:key, :expires_at) "
             f"ON CONFLICT (key) DO UPDATE SET expires_at = EXCLUDED.expires_at "
             f"WHERE {TABLE}.expires_at <= :now RETURNING 1",
@@ -268,14 +206,14 @@ class SqlReplayCache:
     def purge(self, now: float | None = None) -> None:
         """Delete the rows that have expired."""
         now = self._clock() if now is None else now
-        self._run(f"DELETE FROM {TABLE} WHERE expires_at <= :now", {"now": now})
+        self._table.run(f"DELETE FROM {TABLE} WHERE expires_at <= :now", {"now": now})
 
     def ping(self) -> None:
         """Raises when the database does not answer (readiness)."""
-        self._run("SELECT 1")
+        self._table.run("SELECT 1")
 
     def close(self) -> None:
-        self._engine.dispose()
+        self._table.dispose()
 
 
 PostgresReplayCache = SqlReplayCache

@@ -25,12 +25,10 @@ import base64
 import hashlib
 import logging
 import math
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +47,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from itsdangerous import BadSignature, TimestampSigner
 from joserfc.jwk import ECKey, RSAKey
-from sqlalchemy import text as sql_text
-from sqlalchemy.exc import SQLAlchemyError
 
-from cds_hooks.replay import _sql_engine
+from cds_hooks.sqltable import SharedTable
 from service.config import ConfigError, Settings
 
 log = logging.getLogger("service.web.smart")
@@ -280,67 +276,49 @@ class SqlSessionStore:
     """
 
     def __init__(self, url: str, session_key: str, clock: Clock = time.time):
-        self._engine = _sql_engine(url)
+        self._table = SharedTable(
+            url,
+            (
+                f"CREATE TABLE IF NOT EXISTS {SESSION_TABLE} ("
+                " key text PRIMARY KEY, item text NOT NULL, expires_at double precision NOT NULL)",
+            ),
+            name="smart session store",
+            log=log,
+            unavailable=lambda: Refusal(
+                503,
+                "The course view is unavailable",
+                "Its session store (the registry's database) cannot be reached. Try again "
+                "in a moment.",
+            ),
+        )
         self._fernet = Fernet(
             base64.urlsafe_b64encode(
                 hashlib.sha256(b"ketamine-cds smart store\0" + session_key.encode()).digest()
             )
         )
         self.clock = clock
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._created = False
-        with suppress(Refusal):  # the database down at start: the table is made at first use
-            self._create()
-        self._engine.dispose()  # no connection across gunicorn's fork
-
-    def _create(self) -> None:
-        self._run(
-            f"CREATE TABLE IF NOT EXISTS {SESSION_TABLE} ("
-            " key text PRIMARY KEY, item text NOT NULL, expires_at double precision NOT NULL)"
-        )
-        self._created = True
-
-    def _run(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
-        if self._pid != os.getpid():  # a forked worker: never use the parent's connections
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._engine.dispose(close=False)
-                    self._pid = os.getpid()
-        try:
-            with self._engine.begin() as conn:
-                result = conn.execute(sql_text(statement), params or {})
-                return list(result) if result.returns_rows else []
-        except SQLAlchemyError as error:
-            log.error("smart session store unavailable", extra={"error_type": type(error).__name__})
-            raise Refusal(
-                503,
-                "The course view is unavailable",
-                "Its session store (the registry's database) cannot be reached. Try again "
-                "in a moment.",
-            ) from None
 
     @staticmethod
     def _key(sid: str) -> str:
         return hashlib.sha256(sid.encode()).hexdigest()
 
     def put(self, item: Launch | Grant) -> str:
-        if not self._created:
-            self._create()
+        self._table.ensure()
         sid = secrets.token_urlsafe(32)
         kind = "launch" if isinstance(item, Launch) else "grant"
         sealed = self._fernet.encrypt(orjson.dumps({"kind": kind, **asdict(item)})).decode()
-        self._run(f"DELETE FROM {SESSION_TABLE} WHERE expires_at <= :now", {"now": self.clock()})
-        self._run(
+        self._table.run(
+            f"DELETE FROM {SESSION_TABLE} WHERE expires_at <= :now", {"now": self.clock()}
+        )
+        self._table.run(
             f"INSERT INTO {SESSION_TABLE} (key, item, expires_at) VALUES (:key, :item, :expires)",
             {"key": self._key(sid), "item": sealed, "expires": item.expires},
         )
         return sid
 
     def get(self, sid: str) -> Launch | Grant | None:
-        if not self._created:
-            self._create()
-        rows = self._run(
+        self._table.ensure()
+        rows = self._table.run(
             f"SELECT item FROM {SESSION_TABLE} WHERE key = :key AND expires_at > :now",
             {"key": self._key(sid), "now": self.clock()},
         )
@@ -354,7 +332,7 @@ class SqlSessionStore:
         return Launch(**fields_) if kind == "launch" else Grant(**fields_)
 
     def drop(self, sid: str) -> None:
-        self._run(f"DELETE FROM {SESSION_TABLE} WHERE key = :key", {"key": self._key(sid)})
+        self._table.run(f"DELETE FROM {SESSION_TABLE} WHERE key = :key", {"key": self._key(sid)})
 
 
 def session_store(settings: Settings, smart: SmartSettings) -> SessionStore | SqlSessionStore:
