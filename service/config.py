@@ -573,6 +573,27 @@ class Settings:
         "how long an idle keep-alive connection is held open",
     )
 
+    def missing_issuers(self) -> str | None:
+        """Why caller authentication cannot work: ``KCDS_AUTH=jwt`` without trusted issuers
+        (None when it can). Checked by :func:`problems` and when the app starts."""
+        if self.auth == "jwt" and not self.trusted_issuers:
+            return (
+                "KCDS_TRUSTED_ISSUERS is required with KCDS_AUTH=jwt (the default): the issuers "
+                "the service trusts and their JWK Sets (KCDS_AUTH=off is for development only)"
+            )
+        return None
+
+    def missing_pseudonym_key(self) -> str | None:
+        """Why the registry cannot start: on without ``KCDS_PSEUDONYM_KEY`` outside the
+        development run (``KCDS_AUTH=off``); None when it can. Checked by :func:`problems` and
+        when the registry opens."""
+        if self.registry and self.auth != "off" and not self.pseudonym_key:
+            return (
+                "KCDS_PSEUDONYM_KEY is required while the registry is on "
+                "(set it, or set KCDS_REGISTRY=off)"
+            )
+        return None
+
     def fhir_servers(self) -> tuple[str, ...]:
         """KCDS_FHIR_ALLOWED, else any https server, plus loopback http when auth is off."""
         if self.fhir_allowed:
@@ -617,10 +638,6 @@ def write_table(path: Path) -> None:
     path.write_text(marked.sub(lambda _: TABLE_BEGIN + markdown_table() + TABLE_END, doc))
 
 
-if __name__ == "__main__":  # python -m service.config README.md
-    write_table(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
-
-
 # -- the whole configuration at once ---------------------------------------------------------
 
 
@@ -644,18 +661,12 @@ def problems(env: Env | None = None) -> list[str]:
     nothing; the engine's own files (policy, ValueSets) are checked by ``serve``."""
     settings, found = read_all(env)
     unread = {line.split()[0].rstrip(":") for line in found}
-    issuers_read = not unread & {"KCDS_AUTH", "KCDS_TRUSTED_ISSUERS"}
-    if issuers_read and settings.auth == "jwt" and not settings.trusted_issuers:
-        found.append(
-            "KCDS_TRUSTED_ISSUERS is required with KCDS_AUTH=jwt (the default): the issuers the "
-            "service trusts and their JWK Sets (KCDS_AUTH=off is for development only)"
-        )
-    key_read = not unread & {"KCDS_AUTH", "KCDS_REGISTRY", "KCDS_PSEUDONYM_KEY"}
-    if key_read and settings.registry and settings.auth != "off" and not settings.pseudonym_key:
-        found.append(
-            "KCDS_PSEUDONYM_KEY is required while the registry is on "
-            "(set it, or set KCDS_REGISTRY=off)"
-        )
+    for needs, why in (
+        ({"KCDS_AUTH", "KCDS_TRUSTED_ISSUERS"}, settings.missing_issuers()),
+        ({"KCDS_AUTH", "KCDS_REGISTRY", "KCDS_PSEUDONYM_KEY"}, settings.missing_pseudonym_key()),
+    ):
+        if why and not unread & needs:  # judged only on what could be read
+            found.append(why)
     return found + _unusable_files(settings)
 
 
@@ -679,3 +690,7 @@ def _unusable_files(settings: Settings) -> list[str]:
                 f"KCDS_DATABASE_URL: {folder} is not a folder the SQLite registry can be written in"
             )
     return found
+
+
+if __name__ == "__main__":  # python -m service.config README.md
+    write_table(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))

@@ -167,12 +167,9 @@ class Registry:
         if not settings.registry:
             return None
         key = settings.pseudonym_key
+        if why := settings.missing_pseudonym_key():
+            raise ConfigError(why)
         if key is None:
-            if settings.auth != "off":
-                raise ConfigError(
-                    "KCDS_PSEUDONYM_KEY is required while the registry is on "
-                    "(set it, or set KCDS_REGISTRY=off)"
-                )
             log.warning(
                 "KCDS_PSEUDONYM_KEY is not set: development run, registry patient keys use "
                 "a random key and will not match across restarts"

@@ -75,12 +75,8 @@ def warm_up(engine: KetamineCDS) -> None:
 
 def authenticator(settings: Settings) -> JwtAuthenticator:
     """The caller JWT check of KCDS_AUTH=jwt; a ConfigError when it cannot work."""
-    if not settings.trusted_issuers:
-        raise ConfigError(
-            "KCDS_AUTH=jwt (the default) needs KCDS_TRUSTED_ISSUERS, a JSON object of the "
-            "trusted issuers and their JWK Sets (see the README); KCDS_AUTH=off is for "
-            "development only"
-        )
+    if why := settings.missing_issuers():
+        raise ConfigError(why)
     policy = JwtPolicy(
         clock_skew=settings.jwt_clock_skew,
         max_age=settings.jwt_max_age,
