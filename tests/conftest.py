@@ -31,6 +31,15 @@ POSTGRES = os.environ.get("KCDS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1
 REDIS = "redis://127.0.0.1:6379/15"
 
 
+def journal_for(database_url: str, tmp: Path) -> str | None:
+    """``KCDS_JOURNAL`` for a test's registry: a file in ``tmp`` for PostgreSQL (unset, the
+    service puts that journal in its working directory: the checkout); None for SQLite, whose
+    journal goes beside the database, in the test's own folder already."""
+    if make_url(database_url).get_backend_name() == "sqlite":
+        return None
+    return str(tmp / "journal.db")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -82,6 +91,9 @@ def start_gunicorn(
         "KCDS_MAX_BODY_BYTES": str(2 * 1024 * 1024),
         **(env or {}),
     }
+    journal = journal_for(full_env["KCDS_DATABASE_URL"], tmp)
+    if journal and "KCDS_JOURNAL" not in full_env:
+        full_env["KCDS_JOURNAL"] = journal
     process = subprocess.Popen(
         [
             sys.executable,

@@ -130,6 +130,7 @@ def test_a_token_replayed_against_a_second_app_is_refused(postgres_url, tmp_path
         "KCDS_TRUSTED_ISSUERS": orjson.dumps({ISSUER: {"jwks_file": str(jwks)}}).decode(),
         "KCDS_PUBLIC_URL": PUBLIC_URL,
         "KCDS_DATABASE_URL": postgres_url,
+        "KCDS_JOURNAL": str(tmp_path / "journal.db"),
         "KCDS_PSEUDONYM_KEY": "replay-test-pseudonym-key-0123456789abcdef",
         "KCDS_REPLAY_CACHE": "registry",
     }

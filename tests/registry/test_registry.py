@@ -35,7 +35,7 @@ from service.registry.writer import LINGER, Writer
 from service.tools.cli import main
 from service.tools.fixtures import load
 from service.web.app import create_app
-from tests.conftest import CONFORMANCE, writes_held
+from tests.conftest import CONFORMANCE, journal_for, writes_held
 
 KEY = "registry-test-pseudonym-key-0123456789"
 TOKEN = "registry-test-admin-token-0123456789ab"
@@ -54,8 +54,14 @@ class Clock:
         return self.now
 
 
-def make_app(url: str, clock: Clock | None = None, **settings):
-    settings = {"auth": "off", "database_url": url, "pseudonym_key": KEY, **settings}
+def make_app(url: str, tmp: Path, clock: Clock | None = None, **settings):
+    settings = {
+        "auth": "off",
+        "database_url": url,
+        "journal": journal_for(url, tmp),
+        "pseudonym_key": KEY,
+        **settings,
+    }
     return create_app(Settings(**settings), clock=clock)
 
 
@@ -65,8 +71,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(database_url, clock):
-    app = make_app(database_url, clock, admin_token=TOKEN)
+def app(database_url, clock, tmp_path):
+    app = make_app(database_url, tmp_path, clock, admin_token=TOKEN)
     yield app
     app.extensions["ketamine-cds.registry"].close()
 
@@ -237,9 +243,9 @@ def test_feedback_is_idempotent_and_answers_what_it_stored(app, client):
     assert len([r for r in exported(app) if r["record"] == "feedback"]) == 3
 
 
-def test_comments_are_stored_only_when_the_site_opts_in(database_url):
+def test_comments_are_stored_only_when_the_site_opts_in(database_url, tmp_path):
     for store_comments, expected in ((False, None), (True, "patient declined")):
-        app = make_app(database_url, store_comments=store_comments)
+        app = make_app(database_url, tmp_path, store_comments=store_comments)
         client = app.test_client()
         item = overridden(str(uuid.uuid4()), "x1", comment="patient declined")
         feedback(client, item)
@@ -448,8 +454,8 @@ def test_registry_summary_endpoint_needs_the_admin_token(app, client):
     assert r.status_code == 400 and r.get_json()["field"] == "since"
 
 
-def test_without_an_admin_token_there_is_no_summary_endpoint(database_url):
-    app = make_app(database_url)
+def test_without_an_admin_token_there_is_no_summary_endpoint(database_url, tmp_path):
+    app = make_app(database_url, tmp_path)
     r = app.test_client().get("/registry/summary", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 404
     registry_of(app).close()
@@ -500,7 +506,7 @@ def test_settings_of_the_registry_from_the_environment():
 
 def test_with_the_registry_off_nothing_is_written(tmp_path):
     url = f"sqlite:///{tmp_path}/off.db"
-    app = make_app(url, registry=False, pseudonym_key=None)
+    app = make_app(url, tmp_path, registry=False, pseudonym_key=None)
     client = app.test_client()
     evaluate(client)
     assert feedback(client, overridden("c")) == {}
@@ -550,14 +556,14 @@ def test_an_older_schema_is_migrated_and_a_newer_one_refused(database_url, monke
 
 
 def test_feedback_the_moment_the_hook_answered_resolves_its_card_from_the_journal(
-    database_url, monkeypatch
+    database_url, monkeypatch, tmp_path
 ):
     """Issue 13.5: feedback sent right after the hook answer (the same millisecond) finds
     its card, though the evaluation cannot be in the database yet: its writes are held.
     The hook answers and the feedback is acknowledged while the database is locked; both
     are in it, linked, once the lock is gone."""
     monkeypatch.setattr(store, "LOCK_TIMEOUT_S", 0.2)  # the shipper retries under the lock
-    app = make_app(database_url)
+    app = make_app(database_url, tmp_path)
     client = app.test_client()
     evaluate(client)
     assert registry_of(app).flush()
@@ -599,12 +605,14 @@ def test_the_writer_batches_drops_when_full_retries_and_flushes_on_close():
     assert written == [0, 1, 2, 3, 5, 6, 7] and not writer.put(8)
 
 
-def test_a_registry_database_outage_is_a_degradation_on_either_database(database_url, monkeypatch):
+def test_a_registry_database_outage_is_a_degradation_on_either_database(
+    database_url, monkeypatch, tmp_path
+):
     """SQLite or PostgreSQL alike: while the database does not take writes, hooks and
     feedback are answered, readiness is 200 and says the registry is down; once it takes them
     again, everything is stored."""
     monkeypatch.setattr("service.web.health.CACHE_SECONDS", 0.0)
-    app = make_app(database_url)
+    app = make_app(database_url, tmp_path)
     client = app.test_client()
     registry = registry_of(app)
     evaluate(client)

@@ -23,6 +23,7 @@ from service.registry.store import open_store
 from service.tools.convert import esketamine_order
 from service.tools.fixtures import load
 from service.web.app import create_app
+from tests.conftest import journal_for
 from tests.ops.test_ops import refusing_connections
 
 NOW = datetime(2026, 11, 29, 9, 30, tzinfo=UTC)
@@ -230,8 +231,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def app(database_url, clock):
-    settings = Settings(auth="off", database_url=database_url, pseudonym_key=PSEUDONYM_KEY)
+def app(database_url, clock, tmp_path):
+    settings = Settings(
+        auth="off",
+        database_url=database_url,
+        journal=journal_for(database_url, tmp_path),
+        pseudonym_key=PSEUDONYM_KEY,
+    )
     app = create_app(settings, clock=clock)
     yield app
     app.extensions["ketamine-cds.registry"].close()
@@ -338,8 +344,15 @@ def lookups(outcome: str) -> float:
     return REGISTRY.get_sample_value("kcds_snooze_lookups_total", {"outcome": outcome}) or 0.0
 
 
-def test_a_registry_outage_never_blocks_cards_snooze_is_skipped_and_counted(postgres_url, clock):
-    settings = Settings(auth="off", database_url=postgres_url, pseudonym_key=PSEUDONYM_KEY)
+def test_a_registry_outage_never_blocks_cards_snooze_is_skipped_and_counted(
+    postgres_url, clock, tmp_path
+):
+    settings = Settings(
+        auth="off",
+        database_url=postgres_url,
+        journal=str(tmp_path / "journal.db"),
+        pseudonym_key=PSEUDONYM_KEY,
+    )
     app = create_app(settings, clock=clock)
     try:
         snooze(app, card(evaluate(app, lorazepam_patient()), "R20"), "snooze-1-month", clock.now)
