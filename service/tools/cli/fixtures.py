@@ -23,7 +23,10 @@ def fixtures() -> None:
     """The fixtures: hook requests with the cards they must produce (KCDS_FIXTURES_DIR)."""
 
 
-def _fixture_names(patterns: tuple[str, ...] = ()) -> list[str]:
+def fixture_names(patterns: tuple[str, ...] = ()) -> list[str]:
+    """The fixtures' names matching any of the shell-style ``patterns`` (all with none); an
+    InputError when there are no fixtures, or none match. Used by ``fixtures`` and
+    ``selftest``."""
     from ..fixtures import names
 
     every = names()
@@ -52,7 +55,7 @@ def list_fixtures(as_json: bool, names_only: bool) -> None:
     from ..fixtures import load
 
     rows = []
-    for name in _fixture_names():
+    for name in fixture_names():
         _, expected = load(name)
         rows.append({"name": name, **expected})
     if names_only:
@@ -70,7 +73,7 @@ def list_fixtures(as_json: bool, names_only: bool) -> None:
 def check(patterns: tuple[str, ...], now: datetime | None, verbose: bool) -> None:
     """Run every fixture (or those matching NAME, shell patterns allowed) through the service
     code and compare the cards with its expectations; exit 1 on any difference."""
-    chosen = _fixture_names(patterns)
+    chosen = fixture_names(patterns)
     now = now or datetime.now(UTC)
     services = catalog(clock=lambda: now)
     failed: dict[str, list[str]] = {}

@@ -25,7 +25,7 @@ import click
 
 from .. import toolkit
 from .common import EXIT_FAILED, InputError, catalog
-from .fixtures import _fixture_names
+from .fixtures import fixture_names
 
 #: the algorithm a self-test token is signed with, by key type
 ALGORITHM_OF_KEY = {"EC": "ES384", "RSA": "RS384"}
@@ -170,7 +170,7 @@ def selftest(
         raise click.UsageError("--key and --token go with --url")
     if key_file and token:
         raise click.UsageError("give --key or --token, not both")
-    names = _fixture_names(patterns)
+    names = fixture_names(patterns)
     started = time.perf_counter()
     ok = _report("engine", len(names), _offline(names, datetime.now(UTC)), _since(started))
     if url:
