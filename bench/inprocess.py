@@ -143,7 +143,7 @@ class Bench:
         times["orders"] = clock() - t
 
         t = clock()
-        record = engine._record(req) if orders else None
+        record = engine.patient_record(req) if orders else None
         times["record"] = clock() - t
 
         t = clock()
@@ -157,7 +157,8 @@ class Bench:
         t = clock()
         patient_id = req.context["patientId"]
         drugs = {o.ref: o.drug for o in orders}
-        snoozed = look_up(engine.snoozes, patient_id, set(drugs.values()), now)
+        warned = any(f.severity == "warning" for f in findings)
+        snoozed = look_up(engine.snoozes, patient_id, set(drugs.values()), now) if warned else {}
         times["snooze"] = clock() - t
 
         t = clock()
@@ -168,6 +169,7 @@ class Bench:
             drugs=drugs,
             snoozed=snoozed,
             snooze_offered=engine.snoozes is not None,
+            course_view_url=engine.course_view_url,
         )
         cards = render(findings, {o.ref: o.resource for o in orders}, ctx)
         times["cards"] = clock() - t
