@@ -4,7 +4,7 @@ Each setting's default is declared once, in ``service.config`` (the README's tab
 them); why they suit a 2-core container:
 
 - ``KCDS_WORKERS``: one process per core. A hook answer is ~2 ms of CPU in Python, so more
-  processes than cores only add memory (~80 MB each) and contention.
+  processes than cores only add memory (85-125 MB each) and contention.
 - ``KCDS_THREADS`` (gthread workers): a request that fetches from the EHR's FHIR server
   waits up to ``KCDS_FHIR_TIMEOUT`` on the network; with threads the worker answers other
   calls meanwhile. ``KCDS_THREADS=1`` gives the sync worker.
