@@ -7,7 +7,9 @@ them); why they suit a 2-core container:
   processes than cores only add memory (85-125 MB each) and contention.
 - ``KCDS_THREADS`` (gthread workers): a request that fetches from the EHR's FHIR server
   waits up to ``KCDS_FHIR_TIMEOUT`` on the network; with threads the worker answers other
-  calls meanwhile. ``KCDS_THREADS=1`` gives the sync worker.
+  calls meanwhile. ``KCDS_THREADS=1`` gives the sync worker. The gthread worker is
+  ``service.web.worker.ThreadWorker``, which takes a new connection only while it has a free
+  thread, so that connections opened together are spread over the workers.
 - ``KCDS_WORKER_TIMEOUT``: a worker silent that long is killed and replaced.
 - ``KCDS_GRACEFUL_TIMEOUT``: on SIGTERM (a rolling update, ``docker stop``, a scale-down)
   the workers stop accepting, finish their in-flight requests, ship what the journal
@@ -47,7 +49,8 @@ def _setting(name: str) -> int:
 
 workers = _setting("workers")
 threads = _setting("threads")
-worker_class = "gthread" if threads > 1 else "sync"
+# gthread that takes a new connection only while it has a free thread (service.web.worker)
+worker_class = "service.web.worker.ThreadWorker" if threads > 1 else "sync"
 timeout = _setting("worker_timeout")
 graceful_timeout = _setting("graceful_timeout")
 keepalive = _setting("keepalive")

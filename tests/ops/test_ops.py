@@ -417,7 +417,7 @@ def test_gunicorn_defaults_for_a_two_core_container_and_overrides():
     assert gunicorn_settings({}) == {
         "workers": 2,
         "threads": 4,
-        "worker_class": "gthread",
+        "worker_class": "service.web.worker.ThreadWorker",
         "timeout": 30,
         "graceful_timeout": 20,
         "keepalive": 5,
