@@ -107,7 +107,7 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             add(
                 f"service CPU per S request over HTTP ≤ in-process "
                 f"({inproc['S']['median_ms']:.2f} ms) + 0.5 ms",
-                s8["server_cores"] * 1000 / s8["rps"],
+                _cpu_per_request(s8),
                 inproc["S"]["median_ms"] + 0.5,
                 "ms",
             )
@@ -133,6 +133,13 @@ def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ms",
             )
     return out
+
+
+def _cpu_per_request(row: dict[str, Any]) -> float | None:
+    """CPU ms the gunicorn processes used per request in one wrk row."""
+    if not row.get("server_cores") or not row["rps"]:
+        return None
+    return row["server_cores"] * 1000 / row["rps"]
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -250,34 +257,32 @@ def markdown(results: dict[str, Any]) -> str:
             )
             + f", loopback; wrk -t1, {results['http_seconds']:g} s per row; CPU in cores: "
             "the service (master + workers), wrk, and other processes on the machine; "
-            "CPU ms/req = service CPU per request; workers' shares: how that CPU fell on the "
-            "workers; the floor is `bench/floor.py`, a bare WSGI "
-            "app that reads and parses the body, under the same gunicorn settings, measured "
-            "right after each row)",
+            "CPU ms/req = service CPU per request (floor CPU ms/req: the floor's); "
+            "workers' shares: how that CPU fell on the workers; the floor is "
+            "`bench/floor.py`, a bare WSGI app that reads and parses the body, under the same "
+            "gunicorn settings, measured right after each row)",
             "",
             "| workload | concurrency | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
             "| service CPU | CPU ms/req | workers' shares | floor req/s | floor p50 ms "
-            "| p50 × floor | wrk CPU | others' CPU | speed index |",
-            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|",
+            "| p50 × floor | floor CPU ms/req | wrk CPU | others' CPU | speed index |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|",
         ]
         floors = {(f["workload"], f["connections"]): f for f in http.get("floor", [])}
         for r in http["load"]:
             if "error" in r:
                 lines.append(f"| {r['workload']} | error: {r['error'][:120]} ||||||||||||")
                 continue
-            per_request = (
-                r["server_cores"] * 1000 / r["rps"] if r.get("server_cores") and r["rps"] else None
-            )
             f = floors.get((r["workload"], r["connections"]))
             floor_cells = (
-                f"{f['rps']:,.0f} | {_f(f['p50_ms'])} | {r['p50_ms'] / f['p50_ms']:.1f}×"
+                f"{f['rps']:,.0f} | {_f(f['p50_ms'])} | {r['p50_ms'] / f['p50_ms']:.1f}× "
+                f"| {_f(_cpu_per_request(f))}"
                 if f
-                else "– | – | –"
+                else "– | – | – | –"
             )
             lines.append(
                 f"| {r['workload']} | {r['connections']} | {r['rps']:,.0f} | {_f(r['p50_ms'])} "
                 f"| {_f(r['p90_ms'])} | {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {r['errors']} "
-                f"| {_f(r.get('server_cores'))} | {_f(per_request)} "
+                f"| {_f(r.get('server_cores'))} | {_f(_cpu_per_request(r))} "
                 f"| {' / '.join(f'{x:.0%}' for x in r.get('worker_shares') or ())} "
                 f"| {floor_cells} "
                 f"| {_f(r.get('wrk_cores'))} | {_f(r.get('other_cores'))} "
