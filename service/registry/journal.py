@@ -41,6 +41,18 @@ BUSY_TIMEOUT = 5.0
 BATCH = 500
 #: seconds the shipper waits before looking for new entries again when there were none
 IDLE = 0.1
+#: seconds the shipper gathers entries after a round that shipped less than a full batch.
+#: Each round pays fixed costs (a read of the journal, a registry commit with its fsync, a
+#: journal write): started at once, a round under load carried one or two entries and cost
+#: more CPU than the requests themselves; after this pause it carries tens. An entry still
+#: reaches the registry within about this (plus the commit) of being journaled.
+GATHER = 0.05
+#: seconds between two writes of the registry's state to the journal (and counts of the
+#: backlog for the metrics) while the state stays the same: a change is written at once
+STATE_EVERY = 1.0
+#: seconds between two trims of the index of cards and feedback (what is older than
+#: :data:`REMEMBER`): a trim per round would cost a write per round for rows an hour old
+TRIM_EVERY = 5.0
 #: seconds between two attempts to reach a registry database that did not answer (at most)
 BACKOFF_MAX = 5.0
 #: seconds between two registry probes while there is nothing to ship
@@ -215,11 +227,14 @@ class Journal:
         return [Entry(seq, kind, bytes(payload)) for seq, kind, payload in rows]
 
     def shipped(self, up_to: int) -> None:
-        """Delete the entries up to ``up_to`` (committed in the registry), and what is older
-        than :data:`REMEMBER` of the index of cards and feedback."""
-        forget = time.time() - REMEMBER
+        """Delete the entries up to ``up_to`` (committed in the registry)."""
         with self._transaction() as conn:
             conn.execute("DELETE FROM entry WHERE seq <= ?", (up_to,))
+
+    def forget(self) -> None:
+        """Delete what is older than :data:`REMEMBER` of the index of cards and feedback."""
+        forget = time.time() - REMEMBER
+        with self._transaction() as conn:
             conn.execute("DELETE FROM card WHERE at < ?", (forget,))
             conn.execute("DELETE FROM feedback_key WHERE at < ?", (forget,))
 
@@ -317,6 +332,9 @@ class Shipper:
         self._stop = threading.Event()
         self._drain_until = 0.0
         self._lock_file: int | None = None
+        self._reported: tuple[bool, float] | None = None  # (up, monotonic time) last reported
+        self._unreported = False  # entries shipped since the backlog was last counted
+        self._forgotten_at = -TRIM_EVERY
         self._thread = threading.Thread(target=self._run, name="kcds-shipper", daemon=True)
         self._thread.start()
 
@@ -348,17 +366,19 @@ class Shipper:
                 self._unrecorded.report()
                 outcome = self._round(probed_at)
                 if self._stop.is_set() and (
-                    outcome != SHIPPED or time.monotonic() >= self._drain_until
+                    outcome not in (SHIPPED, FULL) or time.monotonic() >= self._drain_until
                 ):
                     return
-                if outcome == SHIPPED:
+                if outcome in (SHIPPED, FULL):
                     backoff = 0.0
-                    continue
+                    if outcome == FULL:
+                        continue
                 if outcome == PROBED:
                     probed_at = time.monotonic()
                 if outcome == DOWN:
                     backoff = min(BACKOFF_MAX, max(0.5, backoff * 2))
-                self._stop.wait({DOWN: backoff, BROKEN: BACKOFF_MAX}.get(outcome, IDLE))
+                wait = {SHIPPED: GATHER, DOWN: backoff, BROKEN: BACKOFF_MAX}.get(outcome, IDLE)
+                self._stop.wait(wait)
         except Exception:  # a bug: say so, rather than stop shipping in silence
             log.exception("journal shipper stopped")
         finally:
@@ -375,7 +395,7 @@ class Shipper:
             return BROKEN
         if not entries:
             if time.monotonic() - probed_at < PROBE_EVERY:
-                return IDLE_
+                return self._state(IDLE_)
             try:
                 self._probe()
             except Exception:
@@ -387,21 +407,38 @@ class Shipper:
             return self._state(DOWN)
         try:
             self.journal.shipped(entries[-1].seq)
+            if time.monotonic() - self._forgotten_at >= TRIM_EVERY:
+                self.journal.forget()
+                self._forgotten_at = time.monotonic()
         except JournalError as exc:  # shipped again later: stored once all the same
             log.error("journal not trimmed", extra={"fields": {"reason": str(exc)}})
             return BROKEN
-        return self._state(SHIPPED)
+        self._unreported = True
+        return self._state(FULL if len(entries) >= BATCH else SHIPPED)
 
     def _state(self, outcome: str) -> str:
-        up = outcome != DOWN
+        """Tell the journal (readiness, the other processes) and the metrics whether the
+        registry answers, and the backlog: at once when that changed, else at most every
+        :data:`STATE_EVERY` seconds, and once more when the shipping stopped (so the
+        backlog reported is never stale)."""
+        now = time.monotonic()
+        if outcome == IDLE_:
+            if not self._unreported or self._reported is None:
+                return outcome
+            up = self._reported[0]
+        else:
+            up, last = outcome != DOWN, self._reported
+            if last is not None and last[0] == up and now - last[1] < STATE_EVERY:
+                return outcome
         try:
             self.journal.set_registry_state(up)
             backlog = self.journal.backlog()
         except JournalError:
             backlog = -1
         self._on_state(up, backlog)
+        self._reported, self._unreported = (up, now), False
         return outcome
 
 
-#: what one round of the shipper did
-SHIPPED, PROBED, IDLE_, DOWN, BROKEN = "shipped", "probed", "idle", "down", "broken"
+#: what one round of the shipper did (FULL: shipped a full batch, more may be waiting)
+SHIPPED, FULL, PROBED, IDLE_, DOWN, BROKEN = "shipped", "full", "probed", "idle", "down", "broken"

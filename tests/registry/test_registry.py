@@ -28,7 +28,7 @@ from service import __version__
 from service.config import ConfigError, Settings
 from service.engine.summary import CardSummary, EvaluationSummary, FindingSummary, OrderSummary
 from service.registry import Registry, governance, schema, store
-from service.registry.journal import Journal, JournalError
+from service.registry.journal import GATHER, Journal, JournalError, Shipper, Unrecorded
 from service.registry.schema import RegistryError
 from service.registry.store import Unavailable, open_store
 from service.registry.writer import LINGER, Writer
@@ -603,6 +603,36 @@ def test_the_writer_batches_drops_when_full_retries_and_flushes_on_close():
     assert all(writer.put(i) for i in (5, 6, 7))
     writer.close(timeout=5)
     assert written == [0, 1, 2, 3, 5, 6, 7] and not writer.put(8)
+
+
+def test_the_shipper_gathers_a_stream_into_few_rounds_and_reports_the_final_backlog(tmp_path):
+    """Issue 15: entries arriving one by one are shipped tens to a round (a round's commit
+    and journal writes are paid once for them), promptly, and the backlog the metrics last
+    hear of is the final one."""
+    journal = Journal(tmp_path / "journal.db")
+    journal.open()
+    batches: list[int] = []
+    states: list[tuple[bool, int]] = []
+    shipper = Shipper(
+        journal,
+        lambda entries: batches.append(len(entries)),
+        lambda: None,
+        Unavailable,
+        lambda up, backlog: states.append((up, backlog)),
+        Unrecorded(lambda n: None),
+    )
+    started = time.monotonic()
+    for i in range(100):
+        journal.append_evaluation(b"{}", [f"card-{i}"])
+        time.sleep(0.002)
+    deadline = time.monotonic() + 5
+    while (journal.backlog() or states[-1:] != [(True, 0)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    took = time.monotonic() - started
+    shipper.stop(2.0)
+    assert sum(batches) == 100
+    assert len(batches) <= took / GATHER + 2  # not a round per entry
+    assert states[-1] == (True, 0)
 
 
 def test_a_registry_database_outage_is_a_degradation_on_either_database(
