@@ -148,6 +148,9 @@ def install(app: Any) -> Account:
         (Response, "to_json", "serialise (orjson + Response)"),
         (Metrics, "request_done", "metrics"),
         (Metrics, "cards_returned", "metrics"),
+        # the hook view leaves what the call built to the response's close (after the answer
+        # is written): freeing it shows here
+        (flask.wrappers.Response, "close", "freeing the request's objects (after the answer)"),
     ]
     for owner, name, bucket in patches:
         if hasattr(owner, name):
@@ -162,9 +165,9 @@ def install(app: Any) -> Account:
     for sid, definition in list(catalog._services.items()):
         wrapped = account.wrap(definition.handler, "engine: handler glue")
         catalog._services[sid] = dataclasses.replace(definition, handler=wrapped)
-    # the view's own time is mostly freeing what the request built (body, record, models)
+    # the view's own code (what the call built is freed at the response's close, above)
     view = app.view_functions["cds_hooks.call"]
-    app.view_functions["cds_hooks.call"] = account.wrap(view, "view (frees the request's objects)")
+    app.view_functions["cds_hooks.call"] = account.wrap(view, "view (its own code)")
 
     inner = app.wsgi_app
     timed_app = account.wrap(inner, "Flask/Werkzeug (routing, request, hooks)")

@@ -166,7 +166,12 @@ def create_blueprint(
         hook_request, response = handle(service, body, fhir_client, base_url(), settings.limits)
         g.log_fields = hook_request.log_fields
         settings.observer.cards_returned(service.id, response.cards)
-        return json_response(response.to_json())
+        answer = json_response(response.to_json())
+        # what the call built (the parsed body, its resources, the cards) is freed once the
+        # answer is sent, not before: M 0.9 ms and L 2.2 ms of the caller's wait (issue 15)
+        built = [body, hook_request, response]
+        answer.call_on_close(built.clear)
+        return answer
 
     @bp.post("/cds-services/<service_id>/feedback")
     def feedback(service_id: str) -> Response:
