@@ -5,6 +5,7 @@ re-derive it. Built by :mod:`.builder`."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -60,9 +61,6 @@ class Condition:
     def within(self, since: datetime) -> bool:
         """Its onset (else recorded date) is on or after ``since``, whatever its status."""
         return self.onset is not None and self.onset >= since
-
-    def match(self, concept: str) -> ConceptMatch | None:
-        return next((m for m in self.matches if m.valueset == concept), None)
 
     def fact(self, match: ConceptMatch) -> Fact:
         if self.remission:
@@ -228,16 +226,26 @@ class PatientRecord:
         """Conditions of a concept: current ones; any status when history counts; with
         ``since`` those whose onset (else recorded date) is in the window, any status."""
         out = []
-        for c in self.conditions:
-            m = c.match(concept)
-            if m is None:
-                continue
+        for c, m in self._conditions_by_concept.get(concept, ()):
             if since is not None:
                 if c.within(since):
                     out.append((c, m))
             elif history_counts or (c.active and not c.remission):
                 out.append((c, m))
         return out
+
+    @cached_property
+    def _conditions_by_concept(self) -> dict[str, list[tuple[Condition, ConceptMatch]]]:
+        """Concept → its conditions in record order, each with its first match of the
+        concept: indexed once, so that each rule's question reads only its own concept."""
+        index: dict[str, list[tuple[Condition, ConceptMatch]]] = defaultdict(list)
+        for c in self.conditions:
+            first: dict[str, ConceptMatch] = {}
+            for m in c.matches:
+                first.setdefault(m.valueset, m)
+            for concept, m in first.items():
+                index[concept].append((c, m))
+        return index
 
     # -- medications (§3b) ----------------------------------------------------------------
 
@@ -247,14 +255,24 @@ class PatientRecord:
         """Medications of a drug class that are current, recently ended or stale (each with
         the ingredient that matched and its state); past ones are left out."""
         out = []
-        for m in self.medications:
-            ingredient = next((i for i in m.ingredients if i.drug_class == drug_class), None)
-            if ingredient is None:
-                continue
+        for m, ingredient in self._medications_by_class.get(drug_class, ()):
             state = m.state(now, lookback_days, recent_days)
             if state is not MedState.PAST:
                 out.append(MedicationHit(m, ingredient, state))
         return out
+
+    @cached_property
+    def _medications_by_class(self) -> dict[str, list[tuple[Medication, Ingredient]]]:
+        """Drug class → its medications in record order, each with its first ingredient of
+        the class: indexed once, not scanned again for each of the interaction classes."""
+        index: dict[str, list[tuple[Medication, Ingredient]]] = defaultdict(list)
+        for m in self.medications:
+            first: dict[str, Ingredient] = {}
+            for i in m.ingredients:
+                first.setdefault(i.drug_class, i)
+            for drug_class, ingredient in first.items():
+                index[drug_class].append((m, ingredient))
+        return index
 
     # -- observations ---------------------------------------------------------------------
 
