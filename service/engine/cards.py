@@ -123,18 +123,23 @@ def _course_view_link(main: Finding, ctx: RenderContext) -> tuple[Link, ...]:
     return (Link("Open the course view", ctx.course_view_url, "smart", COURSE_VIEW),)
 
 
-@cache
-def _service_request_template(loinc: str, display: str) -> dict[str, Any]:
-    """A draft ServiceRequest for one LOINC-coded measurement, validated once as FHIR R4."""
-    resource = {
+def _service_request(loinc: str, display: str, patient_id: str) -> dict[str, Any]:
+    """A draft ServiceRequest for one LOINC-coded measurement, built afresh for each card (a
+    literal costs a fraction of a deep copy of a shared template)."""
+    return {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "order",
         "code": {"coding": [{"system": LOINC, "code": loinc, "display": display}], "text": display},
-        "subject": {"reference": "Patient/placeholder"},
+        "subject": {"reference": f"Patient/{patient_id}"},
     }
-    ServiceRequest.model_validate(resource)
-    return resource
+
+
+@cache
+def _check_service_request(loinc: str, display: str) -> None:
+    """Validates a measurement's draft ServiceRequest as FHIR R4, once per measurement: the
+    patient reference is all that differs from card to card."""
+    ServiceRequest.model_validate(_service_request(loinc, display, "placeholder"))
 
 
 def _action(
@@ -157,8 +162,9 @@ def _action(
         dosage.pop("text", None)  # the free text would contradict the corrected dose
         MedicationRequest.model_validate(updated)
         return Action("update", f"Change the dose to {spec.dose_mg:g} mg", resource=updated)
-    resource = copy.deepcopy(_service_request_template(spec.loinc or "", spec.display or ""))
-    resource["subject"]["reference"] = f"Patient/{ctx.patient_id}"
+    loinc, display = spec.loinc or "", spec.display or ""
+    _check_service_request(loinc, display)
+    resource = _service_request(loinc, display, ctx.patient_id)
     return Action("create", f"Order {spec.display} (LOINC {spec.loinc})", resource=resource)
 
 
