@@ -484,19 +484,11 @@ class Terminology:
         """Every concept (and alias) the CodeableConcept belongs to, with why."""
         if not isinstance(concept, dict):
             return ()
-        codings = tuple(
-            (
-                text_or_none(c.get("system")),
-                text_or_none(c.get("code")),
-                text_or_none(c.get("display")),
-            )
-            for c in listed(concept.get("coding"))
-            if isinstance(c, dict)
-        )
-        key = (codings, text_or_none(concept.get("text")))
+        key = _concept_key(concept)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
+        codings = key[0]
         text = concept_text(concept)
         found: dict[str, ConceptMatch] = {}
         coded_in: set[str] = set()  # code_decides systems the entry is coded in
@@ -575,14 +567,14 @@ class Terminology:
     def ingredients(self, concept: Any) -> tuple[Ingredient, ...]:
         """The drug-class ingredients of a medication concept: by code (the ingredient named
         in the set's display, else the display itself), then by name in the text."""
-        matches = self.classify(concept)
-        if not matches:
+        if not isinstance(concept, dict):
             return ()
-        text = concept_text(concept)
-        key = (matches, text)
+        key = _concept_key(concept)  # what decides the matches and the text
         hit = self._ingredient_cache.get(key)
         if hit is not None:
             return hit
+        matches = self.classify(concept)
+        text = concept_text(concept)
         out: list[Ingredient] = []
         by_name = {m.valueset: m for m in matches}
         for m in matches:
@@ -654,6 +646,21 @@ class Terminology:
     @cached_property
     def loinc_system(self) -> str:
         return self.systems["loinc"]
+
+
+def _concept_key(concept: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a CodeableConcept classifying it reads: each coding's system, code and display,
+    and the text. The key of the classification and ingredient caches."""
+    codings = tuple(
+        (
+            text_or_none(c.get("system")),
+            text_or_none(c.get("code")),
+            text_or_none(c.get("display")),
+        )
+        for c in listed(concept.get("coding"))
+        if isinstance(c, dict)
+    )
+    return codings, text_or_none(concept.get("text"))
 
 
 def _all_heads(patterns: list[str]) -> set[str] | None:

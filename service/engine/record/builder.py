@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ..terminology import CodeRef, Terminology, concept_text, listed, obj
+from ..terminology import CodeRef, ConceptMatch, Terminology, concept_text, listed, obj
 from .model import Administration, Condition, Medication, Observation, PatientRecord
 from .values import (
     belongs_to,
@@ -127,12 +126,12 @@ class RecordBuilder:
                 coded_status(r.get("verificationStatus")) not in EXCLUDED_CONDITION_VERIFICATION
                 and coded_status(r.get("clinicalStatus")) not in INACTIVE_CLINICAL
             ):
-                record.allergies.append(self._coded(r, True, ("onsetDateTime", "recordedDate")))
+                onset = period_start(r, "onsetDateTime", "recordedDate")
+                record.allergies.append(self._coded(r, t.classify(r.get("code")), True, onset))
         for r in by_type.get("Procedure", ()):
             if r.get("status") not in ("entered-in-error", "not-done"):
-                record.procedures.append(
-                    self._coded(r, True, ("performedDateTime", "performedPeriod"))
-                )
+                performed = period_start(r, "performedDateTime", "performedPeriod")
+                record.procedures.append(self._coded(r, t.classify(r.get("code")), True, performed))
         for kind in ("MedicationRequest", "MedicationStatement"):
             for r in by_type.get(kind, ()):
                 status = r.get("status")
@@ -178,33 +177,35 @@ class RecordBuilder:
             current = abated is None and not any(k.startswith("abatement") for k in r)
         else:
             current = status in CURRENT_CLINICAL
-        onset = period_start(r, "onsetDateTime", "onsetPeriod") or _age_date(
-            r.get("onsetAge"), birth
+        onset = (
+            period_start(r, "onsetDateTime", "onsetPeriod")
+            or _age_date(r.get("onsetAge"), birth)
+            or period_start(r, "recordedDate")
         )
-        entry = self._coded(r, current, (), abated)
-        remission = status == "remission" or any(m.valueset == REMISSION for m in entry.matches)
-        return replace(
-            entry,
-            onset=onset or period_start(r, "recordedDate"),
-            status=status,
-            remission=remission,
-        )
+        matches = self.terminology.classify(r.get("code"))
+        remission = status == "remission" or any(m.valueset == REMISSION for m in matches)
+        return self._coded(r, matches, current, onset, abated, status, remission)
 
+    @staticmethod
     def _coded(
-        self,
         r: dict[str, Any],
+        matches: tuple[ConceptMatch, ...],
         active: bool,
-        dates: tuple[str, ...],
+        onset: datetime | None,
         abated: datetime | None = None,
+        status: str | None = None,
+        remission: bool = False,
     ) -> Condition:
-        """A coded entry (condition, allergy, procedure) classified against the value sets."""
+        """A coded entry (condition, allergy, procedure) with its value set matches."""
         return Condition(
             f"{r['resourceType']}/{r.get('id', '?')}",
             obj(r.get("code")),
-            self.terminology.classify(r.get("code")),
+            matches,
             active,
-            period_start(r, *dates),
+            onset,
             abated,
+            status,
+            remission,
         )
 
     def _index_observations(self, record: PatientRecord, observations: list[dict]) -> None:
@@ -237,9 +238,9 @@ class RecordBuilder:
                 for c in listed(obj(comp.get("code")).get("coding")):
                     if isinstance(c, dict) and c.get("system") == loinc and q:
                         components[str(c.get("code"))] = q
-            answer = self.terminology.first_coding(r.get("valueCodeableConcept"))
+            value = obj(r.get("valueCodeableConcept"))
             value_string = r.get("valueString")
-            answer_text = concept_text(r.get("valueCodeableConcept")) or (
+            answer_text = concept_text(value) or (
                 value_string if isinstance(value_string, str) else ""
             )
             index[hit["code"]].append(
@@ -251,12 +252,12 @@ class RecordBuilder:
                         r, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
                     ),
                     observed_quantity(r),
-                    answer,
+                    self.terminology.first_coding(value),
                     components,
                     answer_text[:200],
                     tuple(
                         c["code"]
-                        for c in listed(obj(r.get("valueCodeableConcept")).get("coding"))
+                        for c in listed(value.get("coding"))
                         if isinstance(c, dict) and isinstance(c.get("code"), str)
                     ),
                 )

@@ -61,10 +61,11 @@ def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     may carry other patients' resources)."""
     for name in ("subject", "patient"):
         ref = resource.get(name)
-        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
-            target = ref["reference"]
-            if "Patient/" in target:
-                return target.rsplit("Patient/", 1)[1].split("/")[0] == patient_id
+        target = ref.get("reference") if isinstance(ref, dict) else None
+        if isinstance(target, str):
+            _, named, rest = target.rpartition("Patient/")  # run for every resource: no lists
+            if named:
+                return rest.partition("/")[0] == patient_id
             if target.startswith("urn:uuid:"):
                 return target[9:] == patient_id
     return True
