@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Literal
 
 from service.engine.orders import DraftOrder
@@ -98,7 +99,7 @@ class Rule:
     thresholds: tuple[str, ...] = ()  # policy threshold names it uses
     sign_only: bool = False  # pre-treatment data and the plan: order-sign only (spec §1)
 
-    @property
+    @cached_property  # read for every rule of every evaluation
     def hooks(self) -> tuple[str, ...]:
         """The hooks that run this rule."""
         return ("order-sign",) if self.sign_only else self.applies.hooks
@@ -165,6 +166,7 @@ def evaluate(ev: Evaluation) -> list[Finding]:
     """Run every enabled rule of the evaluation's hook whose scope covers its order, with the
     policy's severity overrides."""
     out: list[Finding] = []
+    order = ev.order.ref if ev.order else None
     for r in RULES.values():
         if ev.hook not in r.hooks or not r.applies.covers(ev.order):
             continue
@@ -186,7 +188,6 @@ def evaluate(ev: Evaluation) -> list[Finding]:
                     "this yourself.",
                 )
             ]
-        order = ev.order.ref if ev.order else None
         for f in results:
             out.append(
                 replace(f, rule_id=r.id, order=order, severity=ev.policy.severity(r.id, f.severity))
