@@ -14,7 +14,6 @@ the editorial [E] or on site policy [U] rather than on a label.
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +23,7 @@ from typing import Any
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from cds_hooks.ids import uuid4
 from cds_hooks.models import INDICATOR_RANK, Action, Card, Coding, Link, Source, Suggestion
 from service import __version__
 
@@ -188,7 +188,7 @@ def _suggestions(
             continue
         seen.add(key)
         action = _action(spec, finding, orders.get(finding.order or ""), ctx)
-        out.append(Suggestion(spec.label, uuid=str(uuid.uuid4()), actions=(action,)))
+        out.append(Suggestion(spec.label, uuid=str(uuid4()), actions=(action,)))
     return tuple(out)
 
 
@@ -250,7 +250,7 @@ def _card(
     suggestions = _suggestions(specs, main, orders, ctx, seen)
     summary = main.summary if len(main.summary) < 140 else main.summary[:136] + "…"
     return Card(
-        uuid=str(uuid.uuid4()),
+        uuid=str(uuid4()),
         summary=summary,
         indicator=main.severity,
         detail=_detail(main, _also_note(folded, ctx) if folded else ""),
