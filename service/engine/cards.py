@@ -13,26 +13,25 @@ the editorial [E] or on site policy [U] rather than on a label.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from typing import Any
 
-from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_hooks.ids import uuid4
 from cds_hooks.models import INDICATOR_RANK, Action, Card, Coding, Link, Source, Suggestion
 from service import __version__
 
+from .orders import fhir_problem, many
 from .overrides import catalogue as override_reasons
 from .policy import schema as policy_schema
 from .rules import RULES, Finding
 from .rules.base import SuggestionSpec
 from .snooze import Snoozed
-from .terminology import load_yaml
+from .terminology import load_yaml, obj
 
 RULE_SYSTEM = "urn:ketamine-cds:rule"
 PLAN_RULES = ("R37", "R38", "P01")  # the info card the other info findings fold into
@@ -142,25 +141,31 @@ def _check_service_request(loinc: str, display: str) -> None:
     ServiceRequest.model_validate(_service_request(loinc, display, "placeholder"))
 
 
+def _with_dose(order: dict[str, Any], dose_mg: float | None) -> dict[str, Any]:
+    """The draft order with the dose of its first dosage corrected, and that dosage's free text
+    dropped (it would contradict the corrected dose). The dosage is read as the order was
+    (:func:`~.orders.many`: one object where an array belongs, too) and written as an array.
+    Only the path to the dose is copied: the rest is shared with the draft, never written to."""
+    dosages = many(order.get("dosageInstruction")) or [{}]
+    dosage = {key: value for key, value in obj(dosages[0]).items() if key != "text"}
+    rates = many(dosage.get("doseAndRate")) or [{}]
+    dose = {"value": dose_mg, "unit": "mg", "system": UCUM, "code": "mg"}
+    dosage["doseAndRate"] = [{**obj(rates[0]), "doseQuantity": dose}, *rates[1:]]
+    return {**order, "dosageInstruction": [dosage, *dosages[1:]]}
+
+
 def _action(
     spec: SuggestionSpec, finding: Finding, order: dict[str, Any] | None, ctx: RenderContext
-) -> Action:
+) -> Action | None:
+    """The suggestion's action; ``None`` when no valid FHIR R4 resource can be offered."""
     if spec.kind == "delete-order":
         return Action(
             "delete", f"Remove the draft order {finding.order}", resource_id=finding.order
         )
     if spec.kind == "update-dose":
-        updated = copy.deepcopy(order or {})
-        dosage = updated.setdefault("dosageInstruction", [{}])[0]
-        dose_and_rate = dosage.setdefault("doseAndRate", [{}])[0]
-        dose_and_rate["doseQuantity"] = {
-            "value": spec.dose_mg,
-            "unit": "mg",
-            "system": UCUM,
-            "code": "mg",
-        }
-        dosage.pop("text", None)  # the free text would contradict the corrected dose
-        MedicationRequest.model_validate(updated)
+        updated = _with_dose(order or {}, spec.dose_mg)
+        if fhir_problem(updated, "suggestion") is not None:
+            return None  # invalid FHIR R4 beyond its dose (D03 says where): nothing valid to offer
         return Action("update", f"Change the dose to {spec.dose_mg:g} mg", resource=updated)
     loinc, display = spec.loinc or "", spec.display or ""
     _check_service_request(loinc, display)
@@ -188,7 +193,8 @@ def _suggestions(
             continue
         seen.add(key)
         action = _action(spec, finding, orders.get(finding.order or ""), ctx)
-        out.append(Suggestion(spec.label, uuid=str(uuid4()), actions=(action,)))
+        if action is not None:
+            out.append(Suggestion(spec.label, uuid=str(uuid4()), actions=(action,)))
     return tuple(out)
 
 

@@ -146,7 +146,7 @@ def _minutes(
     number = isinstance(duration, int | float) and not isinstance(duration, bool)
     if number and isinstance(unit, str) and unit in MINUTES:
         return float(duration) * MINUTES[unit]
-    for dose_and_rate in _many(dosage.get("doseAndRate")):
+    for dose_and_rate in many(dosage.get("doseAndRate")):
         rate = quantity(obj(dose_and_rate).get("rateQuantity"))
         if rate is None or rate.value <= 0 or "/" not in rate.unit:
             continue
@@ -175,7 +175,7 @@ def _volume_ml(resource: dict[str, Any], dosage: dict[str, Any]) -> float | None
     return None
 
 
-def _many(value: Any) -> list[Any]:
+def many(value: Any) -> list[Any]:
     """An array as FHIR wants it, or one element sent where an array belongs (the CDS Hooks
     Sandbox sends ``reasonCode`` and ``category`` as objects): read it all the same."""
     return value if isinstance(value, list) else [value] if isinstance(value, dict) else []
@@ -230,8 +230,8 @@ def ketamine_orders(
     invalid one is still read (its problem carried on the order), never refused."""
     orders = []
     for i, r, concept, drug in _ketamine_entries(t, bundle, only):
-        dosage = obj(next(iter(_many(r.get("dosageInstruction"))), {}))
-        dose_and_rate = obj(next(iter(_many(dosage.get("doseAndRate"))), {}))
+        dosage = obj(next(iter(many(r.get("dosageInstruction"))), {}))
+        dose_and_rate = obj(next(iter(many(dosage.get("doseAndRate"))), {}))
         dose = quantity(dose_and_rate.get("doseQuantity"))
         dose_mg = dose_in_mg(dose_and_rate.get("doseQuantity"))
         per_kg = dose.value if dose and dose.unit.replace(" ", "").lower() == "mg/kg" else None
@@ -251,7 +251,7 @@ def ketamine_orders(
                 minutes=_minutes(dosage, dose_mg, _volume_ml(r, dosage)),
                 authored=parse_datetime(r.get("authoredOn")),
                 problem=fhir_problem(r, f"{field}.entry[{i}].resource"),
-                reasons=tuple(c for c in _many(r.get("reasonCode")) if isinstance(c, dict)),
+                reasons=tuple(c for c in many(r.get("reasonCode")) if isinstance(c, dict)),
             )
         )
     return orders

@@ -109,6 +109,24 @@ def test_update_dose_suggestion_is_the_order_with_the_corrected_dose():
     assert card.selection_behavior == "at-most-one"
 
 
+def test_update_dose_reads_a_dosage_sent_as_one_object_and_writes_an_array():
+    order = {**ORDER, "dosageInstruction": ORDER["dosageInstruction"][0]}
+    spec = SuggestionSpec("update-dose", "Change to 35 mg", dose_mg=35.0)
+    [card] = render([found("R25", "warning", None, spec)], {REF: order}, CTX)
+    [action] = card.suggestions[0].actions
+    MedicationRequest.model_validate(action.resource)
+    [dosage] = action.resource["dosageInstruction"]
+    assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 35.0 and "text" not in dosage
+    assert order["dosageInstruction"]["doseAndRate"][0]["doseQuantity"]["value"] == 60
+
+
+def test_a_draft_invalid_beyond_its_dose_keeps_its_card_without_an_update_suggestion():
+    order = {**ORDER, "category": {"text": "outpatient"}}  # as the CDS Hooks Sandbox sends it
+    spec = SuggestionSpec("update-dose", "Change to 35 mg", dose_mg=35.0)
+    [card] = render([found("R25", "critical", None, spec)], {REF: order}, CTX)
+    assert (card.indicator, card.suggestions, card.selection_behavior) == ("critical", (), None)
+
+
 def test_delete_suggestion_names_the_draft_order():
     spec = SuggestionSpec("delete-order", "Remove the ketamine order")
     [card] = render([found("R09", "critical", None, spec)], {REF: ORDER}, CTX)
