@@ -64,29 +64,26 @@ REPORT_EVERY = 10.0
 #: de-duplicated here, without asking the registry database (and without racing the shipper)
 REMEMBER = 3600.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS entry (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS card (
-    card_uuid TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS card_at ON card (at);
-CREATE TABLE IF NOT EXISTS feedback_key (
-    key TEXT PRIMARY KEY,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS feedback_key_at ON feedback_key (at);
-CREATE TABLE IF NOT EXISTS status (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    registry_up INTEGER,
-    checked_at REAL,
-    probed_at REAL
-);
-"""
+#: the journal's layout (SQLite's ``user_version``). 1: the entries' seq is a plain rowid
+#: (AUTOINCREMENT wrote ``sqlite_sequence``, one more page per append; a plain rowid may start
+#: over once every entry was shipped, which is harmless: only the shipper deletes, only up to
+#: a seq it has read, and an entry appended meanwhile gets a higher one), and the card and
+#: feedback index is WITHOUT ROWID (one b-tree fewer per append). A journal of an
+#: earlier layout, left by an earlier version of the service, is rebuilt when first opened,
+#: its rows kept with their seqs (a crashed instance's entries still ship after an upgrade)
+VERSION = 1
+#: the journal's tables at :data:`VERSION` (the columns of every earlier layout, in order)
+TABLES = {
+    "entry": "(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, payload BLOB NOT NULL)",
+    "card": "(card_uuid TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID",
+    "feedback_key": "(key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID",
+    "status": "(id INTEGER PRIMARY KEY CHECK (id = 1), registry_up INTEGER, checked_at REAL, "
+    "probed_at REAL)",
+}
+INDEXES = (
+    "CREATE INDEX card_at ON card (at)",
+    "CREATE INDEX feedback_key_at ON feedback_key (at)",
+)
 
 
 class JournalError(RuntimeError):
@@ -147,7 +144,8 @@ class Journal:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                conn.executescript(SCHEMA)
+                if _version(conn) < VERSION:
+                    _lay_out(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -266,6 +264,37 @@ class Journal:
                 "ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
                 (time.time(),),
             )
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _lay_out(conn: sqlite3.Connection) -> None:
+    """Create the journal's tables, or rebuild those of an earlier layout with their rows,
+    in one transaction (a crash halfway leaves the earlier layout whole); a process that
+    finds another one did it first leaves it be."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _version(conn) < VERSION:
+            query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            existing = {name for (name,) in conn.execute(query)}
+            for name, columns in TABLES.items():
+                if name not in existing:
+                    conn.execute(f"CREATE TABLE {name} {columns}")
+                    continue
+                conn.execute(f"CREATE TABLE {name}_v{VERSION} {columns}")
+                conn.execute(f"INSERT INTO {name}_v{VERSION} SELECT * FROM {name}")
+                conn.execute(f"DROP TABLE {name}")  # and its indexes
+                conn.execute(f"ALTER TABLE {name}_v{VERSION} RENAME TO {name}")
+            for index in INDEXES:
+                conn.execute(index)
+            conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with suppress(sqlite3.Error):  # a failed COMMIT may have ended it already
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _matching(conn: sqlite3.Connection, select: str, values: list[str]) -> set[str]:

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import io
 import json
+import sqlite3
 import tempfile
 import threading
 import time
@@ -579,6 +580,65 @@ def test_feedback_the_moment_the_hook_answered_resolves_its_card_from_the_journa
     [record] = [r for r in exported(app) if r["record"] == "feedback"]
     assert (record["card"], record["rules"]) == (card["uuid"], ["R38"])
     registry_of(app).close()
+
+
+#: the journal as the service created it before issue 15 (layout 0, no user_version)
+JOURNAL_V0 = """
+CREATE TABLE entry (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload BLOB NOT NULL
+);
+CREATE TABLE card (card_uuid TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX card_at ON card (at);
+CREATE TABLE feedback_key (key TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX feedback_key_at ON feedback_key (at);
+CREATE TABLE status (
+    id INTEGER PRIMARY KEY CHECK (id = 1), registry_up INTEGER, checked_at REAL, probed_at REAL
+);
+"""
+
+
+def test_a_journal_left_by_the_previous_version_is_rebuilt_and_its_entries_ship(
+    database_url, monkeypatch, tmp_path
+):
+    """A crashed instance's journal, in the layout of the version before (issue 15): the
+    new version rebuilds it when it opens it, keeps its entries (and their seqs) and its
+    card index, and ships the entries."""
+    journaled: list[tuple[bytes, list[str]]] = []
+    earlier = registry_for(database_url, KEY.encode())
+    monkeypatch.setattr(
+        earlier.journal,
+        "append_evaluation",
+        lambda payload, cards: journaled.append((payload, cards)),
+    )
+    [card] = record(earlier, [("ketamine", "iv")], [("R38", "info")], [["R38"]])
+    earlier.close()
+    [(payload, cards)] = journaled
+    path = tmp_path / "crashed.journal.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(JOURNAL_V0)
+        old.execute(
+            "INSERT INTO entry (seq, kind, payload) VALUES (7, 'evaluation', ?)", (payload,)
+        )
+        old.execute("INSERT INTO card (card_uuid, at) VALUES (?, ?)", (card, time.time()))
+    old.close()
+
+    journal = Journal(path)
+    journal.open()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    conn.close()
+    assert "AUTOINCREMENT" not in tables["entry"] and "WITHOUT ROWID" in tables["card"]
+    assert [(e.seq, e.payload) for e in journal.pending()] == [(7, payload)]
+    assert journal.append_feedback([], cards) == (set(), {card})  # the index is kept
+    journal.append_evaluation(b"{}", [])
+    assert [e.seq for e in journal.pending()] == [7, 8]
+    registry = Registry(open_store(database_url), KEY.encode(), journal)
+    assert registry.flush()
+    with registry.store.reading() as conn:
+        stored = conn.scalars(select(schema.card.c.card_uuid)).all()
+    registry.close()
+    assert card in stored
 
 
 def test_the_writer_batches_drops_when_full_retries_and_flushes_on_close():
