@@ -350,26 +350,21 @@ class PatientRecord:
                     positive.append((c.onset, c.fact(m)))
         pregnant = self.pregnancy_answers.get("pregnant")
         not_pregnant = self.pregnancy_answers.get("not_pregnant")
-        for o in self.all_observations(self.pregnancy_status_codes):
+        statuses = self.all_observations(self.pregnancy_status_codes)
+        for o in statuses:
             if pregnant in o.answer_codes and o.when >= since:  # a pregnancy lasts < 300 days
                 positive.append((o.when, o.fact()))
             elif not_pregnant in o.answer_codes:
                 negative.append((o.when, o.fact()))
-        tests = [
-            o
-            for o in self.all_observations(self.hcg_codes)
-            if o.when >= now - timedelta(days=test_days)
-        ]
+        tested_since = now - timedelta(days=test_days)
+        tests = [o for o in self.all_observations(self.hcg_codes) if o.when >= tested_since]
         for o in tests:
             result = hcg_result(o, hcg_positive)
             if result is True:
                 positive.append((o.when, o.fact()))
             elif result is False:
                 negative.append((o.when, o.fact()))
-        documented = any(
-            o.when >= now - timedelta(days=test_days)
-            for o in self.all_observations((*self.pregnancy_status_codes, *self.hcg_codes))
-        )
+        documented = bool(tests) or any(o.when >= tested_since for o in statuses)
         if not positive:
             return PregnancyStatus(False, (), None, documented)
         newest_positive = max(when for when, _ in positive)
