@@ -238,11 +238,7 @@ class RecordBuilder:
                 for c in listed(obj(comp.get("code")).get("coding")):
                     if isinstance(c, dict) and c.get("system") == loinc and q:
                         components[str(c.get("code"))] = q
-            value = obj(r.get("valueCodeableConcept"))
-            value_string = r.get("valueString")
-            answer_text = concept_text(value) or (
-                value_string if isinstance(value_string, str) else ""
-            )
+            answer, answer_text, answer_codes = self._answer(r)
             index[hit["code"]].append(
                 Observation(
                     f"Observation/{r.get('id', '?')}",
@@ -252,19 +248,29 @@ class RecordBuilder:
                         r, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"
                     ),
                     observed_quantity(r),
-                    self.terminology.first_coding(value),
+                    answer,
                     components,
                     answer_text[:200],
-                    tuple(
-                        c["code"]
-                        for c in listed(value.get("coding"))
-                        if isinstance(c, dict) and isinstance(c.get("code"), str)
-                    ),
+                    answer_codes,
                 )
             )
         for items in index.values():
             items.sort(key=lambda o: o.when or datetime.min.replace(tzinfo=UTC), reverse=True)
         record.observations = dict(index)
+
+    def _answer(self, r: dict[str, Any]) -> tuple[CodeRef | None, str, tuple[str, ...]]:
+        """An observation's answer: the first coding, the text (else the valueString) and
+        every code of its valueCodeableConcept; most observations are numbers and have none."""
+        value, text = r.get("valueCodeableConcept"), r.get("valueString")
+        text = text if isinstance(text, str) else ""
+        if not isinstance(value, dict):
+            return None, text, ()
+        codes = tuple(
+            c["code"]
+            for c in listed(value.get("coding"))
+            if isinstance(c, dict) and isinstance(c.get("code"), str)
+        )
+        return self.terminology.first_coding(value), concept_text(value) or text, codes
 
 
 def _age_date(age: Any, birth: date | None) -> datetime | None:
