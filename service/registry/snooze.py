@@ -12,7 +12,8 @@ A hook never waits long for it: the lookup runs on a small per-process pool and 
 waits for its answer for at most :data:`LOOKUP_WITHIN` seconds. Every lookup's outcome is
 counted (``kcds_snooze_lookups_total``); one that fails or is late means the cards go out
 without snooze, and lookups rest for :data:`REST_AFTER_FAILURE` seconds, so a registry outage
-costs the following requests nothing at all.
+costs the following requests nothing at all. The pool's threads keep their database
+connections from one lookup to the next (see :meth:`SnoozeIndex._read`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 
-from sqlalchemy import and_, bindparam, select
+from sqlalchemy import Connection, Row, and_, bindparam, select
+from sqlalchemy.exc import DBAPIError
 
 from service.engine.snooze import SnoozeOverride
 
@@ -46,12 +48,21 @@ class SnoozeUnavailable(RuntimeError):
     """The registry did not say, in time, which warnings are snoozed."""
 
 
-#: the snooze overrides of one patient's warning cards about some drugs, from evaluations
-#: since a time: rule id, drug, reason code, the override's outcome and arrival times. Built
-#: once with bound parameters, so a lookup only binds them (building it costs more than
-#: running it)
+#: the overrides of one patient's warning cards from evaluations since a time: rule id,
+#: drug, reason system and code, the override's outcome and arrival times. Built once with
+#: bound parameters, so a lookup only binds them (building it costs more than running it).
+#: Which reasons and drugs count is decided on the few rows it returns, not in SQL: an
+#: expanding ``IN`` list is rendered into the statement anew on every execution, which cost
+#: about a fifth of a lookup's CPU
 OVERRIDES = (
-    select(cr.c.rule_id, c.c.drug, fb.c.reason_code, fb.c.outcome_time, fb.c.received_at)
+    select(
+        cr.c.rule_id,
+        c.c.drug,
+        fb.c.reason_system,
+        fb.c.reason_code,
+        fb.c.outcome_time,
+        fb.c.received_at,
+    )
     .select_from(
         e.join(c, c.c.evaluation_id == e.c.id)
         .join(cr, and_(cr.c.card_uuid == c.c.card_uuid, cr.c.position == 0))
@@ -61,10 +72,7 @@ OVERRIDES = (
         e.c.patient_key == bindparam("patient_key"),
         e.c.recorded_at >= bindparam("since", type_=schema.UTCDateTime),
         c.c.indicator == "warning",
-        c.c.drug.in_(bindparam("drugs", expanding=True)),
         fb.c.outcome == "overridden",
-        fb.c.reason_system == bindparam("system"),
-        fb.c.reason_code.in_(bindparam("codes", expanding=True)),
     )
 )
 
@@ -91,6 +99,7 @@ class SnoozeIndex:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._idle: list[Connection] = []  # this process's connections between two lookups
 
     def overrides(
         self,
@@ -103,46 +112,77 @@ class SnoozeIndex:
         if time.monotonic() < self._resting_until:
             self.observe("resting")
             raise SnoozeUnavailable("snooze lookups rest after a failure")
-        params = {
-            "patient_key": self._pseudonym(patient_id),
-            "drugs": list(drugs),
-            "system": system,
-            "codes": list(codes),
-            "since": since,
-        }
+        params = {"patient_key": self._pseudonym(patient_id), "since": since}
         future = self._process_pool().submit(self._read, params)
         try:
-            found = future.result(timeout=self._within)
+            rows = future.result(timeout=self._within)
         except Exception as exc:  # late, refused, not migrated yet: no snooze this time
             self._resting_until = time.monotonic() + self._rest
             late = isinstance(exc, FutureTimeout)
             self.observe("late" if late else "failed")
             raise SnoozeUnavailable(f"snooze lookup failed ({type(exc).__name__})") from exc
         self.observe("ok")
-        return found
-
-    def _read(self, params: dict[str, object]) -> list[SnoozeOverride]:
-        with self.store.engine.connect() as conn:  # one statement: consistent on its own
-            rows = conn.execute(OVERRIDES, params).all()
+        about, snoozing = set(drugs), set(codes)
         # when the clinician overrode: the time the EHR sent, but never later than its
         # arrival, so a client clock running ahead cannot lengthen a snooze
         return [
             SnoozeOverride(rule, drug, code, min(outcome, received))
-            for rule, drug, code, outcome, received in rows
+            for rule, drug, reason_system, code, outcome, received in rows
+            if drug in about and reason_system == system and code in snoozing
         ]
 
+    def _read(self, params: dict[str, object]) -> list[Row]:
+        """The rows, on a connection kept from an earlier lookup: a checkout from the
+        engine's pool per lookup (with PostgreSQL's pre-ping, a round trip) cost about a
+        quarter of a lookup's CPU. A kept connection the database dropped (a restart, a
+        failover) is let go and the read tried again at once on a checked-out one, as the
+        pre-ping would have; any other failure fails the lookup."""
+        with self._lock:
+            kept = self._idle.pop() if self._idle else None
+        if kept is None:
+            return self._read_on(self.store.engine.connect(), params)
+        try:
+            return self._read_on(kept, params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        return self._read_on(self.store.engine.connect(), params)
+
+    def _read_on(self, conn: Connection, params: dict[str, object]) -> list[Row]:
+        """One statement, consistent on its own; the connection is kept for the next lookup
+        once its transaction ended, closed (back to the engine's pool) when it failed."""
+        try:
+            rows = conn.execute(OVERRIDES, params).all()
+            conn.rollback()  # no transaction (nor SQLite snapshot) stays open in between
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            if self._pool is None:  # closed meanwhile
+                conn.close()
+            else:
+                self._idle.append(conn)
+        return rows
+
     def _process_pool(self) -> ThreadPoolExecutor:
-        """This process's pool: gunicorn forks after the app was built, and threads do not
-        survive a fork."""
+        """This process's pool: gunicorn forks after the app was built, and neither threads
+        nor connections survive a fork."""
         pid = os.getpid()
         if self._pid != pid or self._pool is None:
             self._start()
             with self._lock:
                 if self._pid != pid or self._pool is None:
                     self._pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="kcds-snooze")
+                    self._idle = []  # never a connection across a fork (the master never
+                    # looks up: there is none to leave)
                     self._pid = pid
         return self._pool
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            with self._lock:
+                pool, self._pool = self._pool, None
+                idle, self._idle = self._idle, []
+            pool.shutdown(wait=False, cancel_futures=True)
+            for conn in idle:
+                conn.close()
