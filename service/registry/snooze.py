@@ -12,8 +12,7 @@ A hook never waits long for it: the lookup runs on a small per-process pool and 
 waits for its answer for at most :data:`LOOKUP_WITHIN` seconds. Every lookup's outcome is
 counted (``kcds_snooze_lookups_total``); one that fails or is late means the cards go out
 without snooze, and lookups rest for :data:`REST_AFTER_FAILURE` seconds, so a registry outage
-costs the following requests nothing at all. The pool's threads keep their database
-connections from one lookup to the next (see :meth:`SnoozeIndex._read`).
+costs the following requests nothing at all.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 
-from sqlalchemy import Connection, Row, and_, bindparam, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Row, and_, bindparam, select
 
 from service.engine.snooze import SnoozeOverride
 
@@ -99,7 +97,6 @@ class SnoozeIndex:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._idle: list[Connection] = []  # this process's connections between two lookups
 
     def overrides(
         self,
@@ -132,57 +129,21 @@ class SnoozeIndex:
         ]
 
     def _read(self, params: dict[str, object]) -> list[Row]:
-        """The rows, on a connection kept from an earlier lookup: a checkout from the
-        engine's pool per lookup (with PostgreSQL's pre-ping, a round trip) cost about a
-        quarter of a lookup's CPU. A kept connection the database dropped (a restart, a
-        failover) is let go and the read tried again at once on a checked-out one, as the
-        pre-ping would have; any other failure fails the lookup."""
-        with self._lock:
-            kept = self._idle.pop() if self._idle else None
-        if kept is None:
-            return self._read_on(self.store.engine.connect(), params)
-        try:
-            return self._read_on(kept, params)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        return self._read_on(self.store.engine.connect(), params)
-
-    def _read_on(self, conn: Connection, params: dict[str, object]) -> list[Row]:
-        """One statement, consistent on its own; the connection is kept for the next lookup
-        once its transaction ended, closed (back to the engine's pool) when it failed."""
-        try:
-            rows = conn.execute(OVERRIDES, params).all()
-            conn.rollback()  # no transaction (nor SQLite snapshot) stays open in between
-        except BaseException:
-            conn.close()
-            raise
-        with self._lock:
-            if self._pool is None:  # closed meanwhile
-                conn.close()
-            else:
-                self._idle.append(conn)
-        return rows
+        with self.store.engine.connect() as conn:  # one statement: consistent on its own
+            return conn.execute(OVERRIDES, params).all()
 
     def _process_pool(self) -> ThreadPoolExecutor:
-        """This process's pool: gunicorn forks after the app was built, and neither threads
-        nor connections survive a fork."""
+        """This process's pool: gunicorn forks after the app was built, and threads do not
+        survive a fork."""
         pid = os.getpid()
         if self._pid != pid or self._pool is None:
             self._start()
             with self._lock:
                 if self._pid != pid or self._pool is None:
                     self._pool = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="kcds-snooze")
-                    self._idle = []  # never a connection across a fork (the master never
-                    # looks up: there is none to leave)
                     self._pid = pid
         return self._pool
 
     def close(self) -> None:
         if self._pool is not None and self._pid == os.getpid():
-            with self._lock:
-                pool, self._pool = self._pool, None
-                idle, self._idle = self._idle, []
-            pool.shutdown(wait=False, cancel_futures=True)
-            for conn in idle:
-                conn.close()
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -194,25 +194,6 @@ def test_a_registry_that_refuses_connections_means_no_snooze_counted_then_a_rest
     assert outcomes == ["ok", "failed", "resting"]
 
 
-def test_a_kept_connection_the_database_dropped_is_replaced_within_the_lookup(postgres_url):
-    """Lookups keep their connections (no checkout and pre-ping each, issue 15): one the
-    database ended since (a restart, a failover) costs neither a snooze nor a rest."""
-    store = open_store(postgres_url)
-    shown(store, "p1", "R20")
-    outcomes = Outcomes()
-    snoozes = index(store, observe=outcomes, rest=60)
-    assert [o.rule_id for o in lookup(snoozes, "p1")] == ["R20"]
-    with psycopg.connect(postgres_url, autocommit=True) as admin:
-        ended = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    assert ended
-    assert [o.rule_id for o in lookup(snoozes, "p1")] == ["R20"]
-    assert outcomes == ["ok", "ok"]
-    snoozes.close()
-
-
 def test_a_database_that_does_not_answer_in_time_means_no_snooze(postgres_url):
     store = open_store(postgres_url)
     shown(store, "p1", "R20")
