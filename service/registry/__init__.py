@@ -33,7 +33,6 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -45,6 +44,7 @@ import orjson
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.engine import make_url
 
+from cds_hooks import ids
 from cds_hooks.errors import CDSHooksError, bad_request
 from cds_hooks.service import HookRequest
 from service import __version__
@@ -207,7 +207,7 @@ class Registry:
 
     def record(self, req: HookRequest, summary: EvaluationSummary) -> None:
         """The recorder ``KetamineCDS`` calls once per evaluation; only queues the rows."""
-        eid = uuid.uuid4().hex
+        eid = ids.uuid4().hex
         rows: Rows = {
             schema.evaluation: [
                 {
