@@ -6,8 +6,8 @@ system's random source a block at a time.
 another thread, and the caller waits to get it back: beside one busy thread, ``uuid.uuid4``
 made 5,183 UUIDs a second (0.19 ms each, waiting) and this module 75,265, for the same 2.5 µs
 of CPU; py-spy put 17% of a loaded gthread worker's busy samples at ``uuid4``, five calls per
-hook answer. Drawing 4 KiB at once gives 256 UUIDs per release, from the same source. A forked child starts a block of its own: two
-workers never hand out the same UUIDs.
+hook answer. Drawing 4 KiB at once gives 256 UUIDs per release, from the same source. A
+forked child starts a block of its own: two workers never hand out the same UUIDs.
 """
 
 from __future__ import annotations
