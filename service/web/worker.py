@@ -32,6 +32,7 @@ OVERDUE = 0.005
 
 class ThreadWorker(gthread.ThreadWorker):
     _waiting_since: float | None = None  # when a full worker first saw a connection waiting
+    _listeners: select.poll | None = None  # the listening sockets, to see a waiting connection
 
     @property
     def worker_connections(self) -> int:
@@ -49,7 +50,11 @@ class ThreadWorker(gthread.ThreadWorker):
 
     def _overdue(self) -> bool:
         """Whether a connection has been waiting in the listen queue for :data:`OVERDUE`."""
-        if not select.select(self.sockets, [], [], 0)[0]:
+        if self._listeners is None:  # poll, not select: no limit on descriptor numbers
+            self._listeners = select.poll()
+            for listener in self.sockets:
+                self._listeners.register(listener, select.POLLIN)
+        if not self._listeners.poll(0):
             self._waiting_since = None
             return False
         now = time.monotonic()
