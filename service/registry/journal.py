@@ -464,6 +464,9 @@ class Shipper:
             self._ship(entries)
         except self._unavailable:
             return self._state(DOWN)
+        # the registry took them: it is up, and says so before the backlog empties (readiness
+        # reads both; the other order showed "down" with nothing left to ship meanwhile)
+        outcome = self._state(FULL if len(entries) >= BATCH else SHIPPED)
         try:
             self.journal.shipped(entries[-1].seq)
             self.journal.checkpoint()
@@ -473,8 +476,8 @@ class Shipper:
         except JournalError as exc:  # shipped again later: stored once all the same
             log.error("journal not trimmed", extra={"fields": {"reason": str(exc)}})
             return BROKEN
-        self._unreported = True
-        return self._state(FULL if len(entries) >= BATCH else SHIPPED)
+        self._unreported = True  # the backlog counted above still held these entries
+        return outcome
 
     def _state(self, outcome: str) -> str:
         """Tell the journal (readiness, the other processes) and the metrics whether the
