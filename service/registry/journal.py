@@ -121,10 +121,7 @@ class Journal:
         self.path = Path(path)
         self.synchronous = synchronous
         self._local = threading.local()
-        # one writer at a time: a thread lock within the process, an flock across processes
-        # (see _transaction)
-        self._write_lock = threading.Lock()
-        self._lock_fd: tuple[int, int] | None = None  # (pid, fd of <journal>.write-lock)
+        self._append_lock = threading.Lock()  # one writer per process at a time: no busy waits
 
     def open(self) -> None:
         """Create the journal if needed and prove it takes a write; :class:`JournalError`
@@ -147,8 +144,6 @@ class Journal:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-                # no checkpoint inside a request's commit: the shipper runs them (checkpoint)
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
                 if _version(conn) < VERSION:
                     _lay_out(conn)
             except BaseException:
@@ -163,49 +158,24 @@ class Journal:
             conn.close()
         self._local.__dict__.clear()
 
-    def _lock_file(self) -> int:
-        """This process's descriptor of ``<journal>.write-lock`` (never one across a fork)."""
-        if self._lock_fd is None or self._lock_fd[0] != os.getpid():
-            fd = os.open(f"{self.path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
-            self._lock_fd = (os.getpid(), fd)
-        return self._lock_fd[1]
-
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; any SQLite or OS failure becomes :class:`JournalError`.
-
-        Writers queue on a thread lock and an ``flock`` before ``BEGIN IMMEDIATE``: the
-        kernel wakes the next one as soon as the lock is free, where SQLite's busy handler
-        would sleep 1, 2, 5, 10 … 100 ms between tries (two workers appending at once made
-        a request wait that long; SQLite's timeout still bounds a stuck holder)."""
-        with self._write_lock:
-            try:
-                fd = self._lock_file()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:
+        """A write transaction (``BEGIN IMMEDIATE``: the write lock first); any SQLite or OS
+        failure becomes :class:`JournalError`."""
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(exc) from None
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with suppress(sqlite3.Error):  # a failed COMMIT may have ended it already
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error | OSError):
                 raise JournalError(exc) from None
-            try:
-                try:
-                    conn = self._connection()
-                    conn.execute("BEGIN IMMEDIATE")
-                except (sqlite3.Error, OSError) as exc:
-                    raise JournalError(exc) from None
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException as exc:
-                    with suppress(sqlite3.Error):  # a failed COMMIT may have ended it already
-                        conn.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.Error | OSError):
-                        raise JournalError(exc) from None
-                    raise
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def checkpoint(self) -> None:
-        """Copy what the write-ahead log holds into the journal file, without waiting for
-        anyone (the shipper, after a round: appends never run a checkpoint themselves)."""
-        self._read("PRAGMA wal_checkpoint(PASSIVE)")
+            raise
 
     def _read(self, query: str, params: Iterable = ()) -> list[tuple]:
         try:
@@ -219,7 +189,7 @@ class Journal:
         """Journal one evaluation and index its cards; :class:`JournalError` when it did
         not take it."""
         now = time.time()
-        with self._transaction() as conn:
+        with self._append_lock, self._transaction() as conn:
             conn.execute("INSERT INTO entry (kind, payload) VALUES ('evaluation', ?)", (payload,))
             conn.executemany(
                 "INSERT OR IGNORE INTO card (card_uuid, at) VALUES (?, ?)",
@@ -234,7 +204,7 @@ class Journal:
         journal issued in that time)."""
         cards = list(cards)
         now = time.time()
-        with self._transaction() as conn:
+        with self._append_lock, self._transaction() as conn:
             known = _matching(conn, "SELECT card_uuid FROM card WHERE card_uuid IN", cards)
             keys = [key for key, _ in items]
             seen = _matching(conn, "SELECT key FROM feedback_key WHERE key IN", keys)
@@ -464,20 +434,16 @@ class Shipper:
             self._ship(entries)
         except self._unavailable:
             return self._state(DOWN)
-        # the registry took them: it is up, and says so before the backlog empties (readiness
-        # reads both; the other order showed "down" with nothing left to ship meanwhile)
-        outcome = self._state(FULL if len(entries) >= BATCH else SHIPPED)
         try:
             self.journal.shipped(entries[-1].seq)
-            self.journal.checkpoint()
             if time.monotonic() - self._forgotten_at >= TRIM_EVERY:
                 self.journal.forget()
                 self._forgotten_at = time.monotonic()
         except JournalError as exc:  # shipped again later: stored once all the same
             log.error("journal not trimmed", extra={"fields": {"reason": str(exc)}})
             return BROKEN
-        self._unreported = True  # the backlog counted above still held these entries
-        return outcome
+        self._unreported = True
+        return self._state(FULL if len(entries) >= BATCH else SHIPPED)
 
     def _state(self, outcome: str) -> str:
         """Tell the journal (readiness, the other processes) and the metrics whether the

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 
-from sqlalchemy import Row, and_, bindparam, select
+from sqlalchemy import and_, bindparam, select
 
 from service.engine.snooze import SnoozeOverride
 
@@ -46,21 +46,12 @@ class SnoozeUnavailable(RuntimeError):
     """The registry did not say, in time, which warnings are snoozed."""
 
 
-#: the overrides of one patient's warning cards from evaluations since a time: rule id,
-#: drug, reason system and code, the override's outcome and arrival times. Built once with
-#: bound parameters, so a lookup only binds them (building it costs more than running it).
-#: Which reasons and drugs count is decided on the few rows it returns, not in SQL: an
-#: expanding ``IN`` list is rendered into the statement anew on every execution, which cost
-#: about a fifth of a lookup's CPU
+#: the snooze overrides of one patient's warning cards about some drugs, from evaluations
+#: since a time: rule id, drug, reason code, the override's outcome and arrival times. Built
+#: once with bound parameters, so a lookup only binds them (building it costs more than
+#: running it)
 OVERRIDES = (
-    select(
-        cr.c.rule_id,
-        c.c.drug,
-        fb.c.reason_system,
-        fb.c.reason_code,
-        fb.c.outcome_time,
-        fb.c.received_at,
-    )
+    select(cr.c.rule_id, c.c.drug, fb.c.reason_code, fb.c.outcome_time, fb.c.received_at)
     .select_from(
         e.join(c, c.c.evaluation_id == e.c.id)
         .join(cr, and_(cr.c.card_uuid == c.c.card_uuid, cr.c.position == 0))
@@ -70,7 +61,10 @@ OVERRIDES = (
         e.c.patient_key == bindparam("patient_key"),
         e.c.recorded_at >= bindparam("since", type_=schema.UTCDateTime),
         c.c.indicator == "warning",
+        c.c.drug.in_(bindparam("drugs", expanding=True)),
         fb.c.outcome == "overridden",
+        fb.c.reason_system == bindparam("system"),
+        fb.c.reason_code.in_(bindparam("codes", expanding=True)),
     )
 )
 
@@ -109,28 +103,33 @@ class SnoozeIndex:
         if time.monotonic() < self._resting_until:
             self.observe("resting")
             raise SnoozeUnavailable("snooze lookups rest after a failure")
-        params = {"patient_key": self._pseudonym(patient_id), "since": since}
+        params = {
+            "patient_key": self._pseudonym(patient_id),
+            "drugs": list(drugs),
+            "system": system,
+            "codes": list(codes),
+            "since": since,
+        }
         future = self._process_pool().submit(self._read, params)
         try:
-            rows = future.result(timeout=self._within)
+            found = future.result(timeout=self._within)
         except Exception as exc:  # late, refused, not migrated yet: no snooze this time
             self._resting_until = time.monotonic() + self._rest
             late = isinstance(exc, FutureTimeout)
             self.observe("late" if late else "failed")
             raise SnoozeUnavailable(f"snooze lookup failed ({type(exc).__name__})") from exc
         self.observe("ok")
-        about, snoozing = set(drugs), set(codes)
+        return found
+
+    def _read(self, params: dict[str, object]) -> list[SnoozeOverride]:
+        with self.store.engine.connect() as conn:  # one statement: consistent on its own
+            rows = conn.execute(OVERRIDES, params).all()
         # when the clinician overrode: the time the EHR sent, but never later than its
         # arrival, so a client clock running ahead cannot lengthen a snooze
         return [
             SnoozeOverride(rule, drug, code, min(outcome, received))
-            for rule, drug, reason_system, code, outcome, received in rows
-            if drug in about and reason_system == system and code in snoozing
+            for rule, drug, code, outcome, received in rows
         ]
-
-    def _read(self, params: dict[str, object]) -> list[Row]:
-        with self.store.engine.connect() as conn:  # one statement: consistent on its own
-            return conn.execute(OVERRIDES, params).all()
 
     def _process_pool(self) -> ThreadPoolExecutor:
         """This process's pool: gunicorn forks after the app was built, and threads do not

@@ -704,9 +704,7 @@ def _append_from_a_process(path: str, n: int) -> None:
 
 
 def test_processes_appending_at_once_queue_on_the_lock_and_lose_nothing(tmp_path):
-    """Two workers append to one journal at once: writers queue on an flock before SQLite's
-    own lock (whose busy handler sleeps up to 100 ms between tries), and every entry and
-    card is there."""
+    """Two workers append to one journal at once: every entry and card is there."""
     journal = Journal(tmp_path / "journal.db")
     journal.open()
     context = multiprocessing.get_context("fork")
@@ -722,35 +720,6 @@ def test_processes_appending_at_once_queue_on_the_lock_and_lose_nothing(tmp_path
         assert worker.exitcode == 0
     assert journal.backlog() == 601
     assert len({entry.seq for entry in journal.pending(1000)}) == 601
-
-
-def test_appends_never_checkpoint_and_the_shipper_does(tmp_path):
-    """A checkpoint (copying the write-ahead log into the file, with an fsync) inside a
-    request's commit held that request, and every writer queued behind it; appends run
-    none, the shipper runs one after each round."""
-    journal = Journal(tmp_path / "journal.db")
-    journal.open()
-    for i in range(1500):  # past SQLite's default of a checkpoint per 1,000 pages
-        journal.append_evaluation(b"x" * 1000, [f"card-{i}"])
-    busy, logged, copied = journal._read("PRAGMA wal_checkpoint(PASSIVE)")[0]
-    assert logged >= 1000  # nothing was checkpointed by the appends themselves
-    for i in range(10):
-        journal.append_evaluation(b"{}", [f"more-{i}"])
-    shipper = Shipper(
-        journal,
-        lambda entries: None,
-        lambda: None,
-        Unavailable,
-        lambda *_: None,
-        Unrecorded(lambda n: None),
-    )
-    deadline = time.monotonic() + 5
-    while journal.backlog() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    shipper.stop(2.0)
-    with sqlite3.connect(journal.path) as conn:
-        busy, logged, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    assert journal.backlog() == 0 and busy == 0 and copied == logged
 
 
 def test_a_registry_database_outage_is_a_degradation_on_either_database(
