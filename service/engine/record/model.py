@@ -6,12 +6,12 @@ re-derive it. Built by :mod:`.builder`."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from ..terminology import CodeRef, ConceptMatch, Ingredient
 from .values import Quantity, plain_unit
@@ -238,14 +238,7 @@ class PatientRecord:
     def _conditions_by_concept(self) -> dict[str, list[tuple[Condition, ConceptMatch]]]:
         """Concept → its conditions in record order, each with its first match of the
         concept: indexed once, so that each rule's question reads only its own concept."""
-        index: dict[str, list[tuple[Condition, ConceptMatch]]] = defaultdict(list)
-        for c in self.conditions:
-            first: dict[str, ConceptMatch] = {}
-            for m in c.matches:
-                first.setdefault(m.valueset, m)
-            for concept, m in first.items():
-                index[concept].append((c, m))
-        return index
+        return _index_by_first(self.conditions, lambda c: c.matches, lambda m: m.valueset)
 
     # -- medications (§3b) ----------------------------------------------------------------
 
@@ -265,14 +258,7 @@ class PatientRecord:
     def _medications_by_class(self) -> dict[str, list[tuple[Medication, Ingredient]]]:
         """Drug class → its medications in record order, each with its first ingredient of
         the class: indexed once, not scanned again for each of the interaction classes."""
-        index: dict[str, list[tuple[Medication, Ingredient]]] = defaultdict(list)
-        for m in self.medications:
-            first: dict[str, Ingredient] = {}
-            for i in m.ingredients:
-                first.setdefault(i.drug_class, i)
-            for drug_class, ingredient in first.items():
-                index[drug_class].append((m, ingredient))
-        return index
+        return _index_by_first(self.medications, lambda m: m.ingredients, lambda i: i.drug_class)
 
     # -- observations ---------------------------------------------------------------------
 
@@ -401,3 +387,21 @@ def hcg_result(o: Observation, positive_at: float) -> bool | None:
     if "positive" in text or "detected" in text:
         return True
     return None
+
+
+T = TypeVar("T")
+P = TypeVar("P")
+
+
+def _index_by_first(
+    items: Iterable[T], parts: Callable[[T], Iterable[P]], key: Callable[[P], str]
+) -> dict[str, list[tuple[T, P]]]:
+    """Key → the items (in order) with a part of that key, each with its first such part."""
+    index: dict[str, list[tuple[T, P]]] = defaultdict(list)
+    for item in items:
+        first: dict[str, P] = {}
+        for part in parts(item):
+            first.setdefault(key(part), part)
+        for k, part in first.items():
+            index[k].append((item, part))
+    return index
