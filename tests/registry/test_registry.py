@@ -703,7 +703,7 @@ def _append_from_a_process(path: str, n: int) -> None:
         journal.append_evaluation(b"{}", [f"card-{os.getpid()}-{i}"])
 
 
-def test_processes_appending_at_once_queue_on_the_lock_and_lose_nothing(tmp_path):
+def test_processes_appending_at_once_lose_nothing(tmp_path):
     """Two workers append to one journal at once: every entry and card is there."""
     journal = Journal(tmp_path / "journal.db")
     journal.open()
